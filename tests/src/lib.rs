@@ -1,0 +1,1 @@
+//! Test support: starts the real parts (registry, proxy, clients) the integration suites use.
