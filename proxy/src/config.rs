@@ -55,7 +55,7 @@ pub struct UpstreamConfig {
     /// Account for the upstream (Basic credentials, also sent to its token service).
     pub username: Option<String>,
     /// Password or access token for `username`. Prefer `password_file` or the environment.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing)]
     pub password: Option<String>,
     /// File holding the password (a mounted Secret); trailing newlines are ignored.
     pub password_file: Option<PathBuf>,
