@@ -2,10 +2,18 @@
 //! distribution pull API.
 //!
 //! A pull travels `routes` → `reference` → `service`, which answers from `cache` or fetches
-//! through `fetch` (single-flight, streaming tee) from `upstream`. See the README for the map.
+//! through `fetch` (single-flight, streaming tee, verify, commit) from `upstream`.
 
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod error;
+pub mod fetch;
+pub mod hashing;
+pub mod metrics;
+pub mod range;
 pub mod reference;
+pub mod routes;
+pub mod server;
+pub mod service;
 pub mod upstream;

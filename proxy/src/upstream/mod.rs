@@ -1,5 +1,10 @@
 //! The upstream registry: an HTTP client that speaks the distribution API and its token auth.
 
+pub mod auth;
+pub mod client;
+
+pub use client::{BlobResponse, Credentials, ManifestBody, ManifestHead, UpstreamClient};
+
 use axum::http::{HeaderValue, StatusCode};
 
 /// Which kind of object an upstream request was for (decides BLOB_UNKNOWN vs MANIFEST_UNKNOWN).
@@ -10,7 +15,7 @@ pub enum Object {
 }
 
 /// How a request to the upstream failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
     #[error("not found upstream: {detail}")]
     NotFound { what: Object, detail: String },

@@ -1,0 +1,322 @@
+//! Blob downloads from the upstream, shared by every client that asks for the same blob while it
+//! is in flight: one upstream GET, teed to a spool file that clients read as it grows, to the
+//! cache's staging upload, and through the digest check that decides whether it is committed.
+//!
+//! A client never receives the final byte of a blob before the whole blob has hashed to its
+//! digest: when the check fails the connection is cut, so the client holds a truncated body that
+//! it rejects, never a complete wrong one. Range requests on a blob still in flight wait for the
+//! check, because a slice in the middle cannot be checked on its own.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use futures::FutureExt;
+use futures::stream::{BoxStream, StreamExt};
+use tokio::sync::watch;
+
+use crate::cache::{BlobStore, Verifier};
+use crate::metrics::Metrics;
+use crate::reference::{Digest, RepositoryName};
+use crate::upstream::{UpstreamClient, UpstreamError};
+
+/// Bytes gathered from the upstream before one spool write, when they arrive faster than we
+/// write; a slow trickle is written (and so offered to clients) chunk by chunk.
+const SPOOL_BATCH: usize = 1024 * 1024;
+/// Largest chunk a client reader takes from the spool at once.
+const READ_CHUNK: u64 = 1024 * 1024;
+
+/// Why a shared download did not deliver a verified blob.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FetchError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("spool file: {0}")]
+    Spool(String),
+}
+
+/// The state of one download, as every reader sees it.
+#[derive(Debug, Clone)]
+pub enum FlightState {
+    /// Waiting for the upstream's response headers.
+    Connecting,
+    /// Bytes `..written` are in the spool file; `length` is the upstream's Content-Length.
+    Streaming { length: Option<u64>, written: u64 },
+    /// All bytes are in the spool and hashed to the digest.
+    Verified { length: u64 },
+    Failed(FetchError),
+}
+
+/// One download in progress.
+pub struct Flight {
+    digest: Digest,
+    spool: Arc<std::fs::File>,
+    state: watch::Receiver<FlightState>,
+}
+
+/// The in-flight downloads, by digest.
+pub struct Fetcher {
+    inflight: Mutex<HashMap<Digest, Arc<Flight>>>,
+    upstream: Arc<UpstreamClient>,
+    blobs: BlobStore,
+    spool_dir: PathBuf,
+    metrics: Arc<Metrics>,
+}
+
+impl Fetcher {
+    pub fn new(upstream: Arc<UpstreamClient>, blobs: BlobStore, spool_dir: PathBuf, metrics: Arc<Metrics>) -> Self {
+        Self { inflight: Mutex::new(HashMap::new()), upstream, blobs, spool_dir, metrics }
+    }
+
+    /// The download of `digest`: the one in flight, or a new one started for `repository`.
+    /// The boolean is true when this call joined a download someone else started.
+    pub fn join_or_start(self: &Arc<Self>, repository: &RepositoryName, digest: &Digest) -> Result<(Arc<Flight>, bool), FetchError> {
+        let mut inflight = self.inflight.lock().expect("inflight lock");
+        if let Some(flight) = inflight.get(digest) {
+            self.metrics.coalesced_requests.inc();
+            return Ok((flight.clone(), true));
+        }
+        let spool = tempfile::tempfile_in(&self.spool_dir)
+            .map_err(|e| FetchError::Spool(format!("cannot create a spool file in {}: {e}", self.spool_dir.display())))?;
+        let spool = Arc::new(spool);
+        let (sender, receiver) = watch::channel(FlightState::Connecting);
+        let flight = Arc::new(Flight { digest: digest.clone(), spool: spool.clone(), state: receiver });
+        inflight.insert(digest.clone(), flight.clone());
+        drop(inflight);
+
+        let fetcher = self.clone();
+        let repository = repository.clone();
+        let digest = digest.clone();
+        tokio::spawn(async move {
+            fetcher.metrics.inflight_fetches.inc();
+            let outcome = std::panic::AssertUnwindSafe(fetcher.download(&repository, &digest, spool, &sender))
+                .catch_unwind()
+                .await;
+            if outcome.is_err() {
+                sender.send_replace(FlightState::Failed(FetchError::Spool("download task panicked".into())));
+            }
+            // Removed only after the commit, so a request arriving now finds the blob either
+            // here or in the cache, and never starts a second download.
+            fetcher.inflight.lock().expect("inflight lock").remove(&digest);
+            fetcher.metrics.inflight_fetches.dec();
+        });
+        Ok((flight, false))
+    }
+
+    /// Downloads into the spool and the cache, publishing progress; the final state is always
+    /// `Verified` or `Failed`.
+    async fn download(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+        spool: Arc<std::fs::File>,
+        state: &watch::Sender<FlightState>,
+    ) {
+        let fail = |error: FetchError| {
+            tracing::warn!(%digest, %repository, %error, "blob download failed");
+            state.send_replace(FlightState::Failed(error));
+        };
+        let response = match self.upstream.blob_get(repository, digest).await {
+            Ok(response) => response,
+            Err(error) => return fail(error.into()),
+        };
+        let length = response.length;
+        state.send_replace(FlightState::Streaming { length, written: 0 });
+
+        // The cache is best effort: when storage fails, clients are still served (uncached).
+        let mut writer = match self.blobs.writer(digest).await {
+            Ok(writer) => Some(writer),
+            Err(error) => {
+                tracing::error!(%digest, %error, "cannot stage blob in the cache; serving uncached");
+                None
+            }
+        };
+        let mut verifier = Verifier::new(digest);
+        let mut body = response.response.bytes_stream();
+        loop {
+            let Some(first) = body.next().await else { break };
+            let mut batch = BytesMut::new();
+            let mut next = Some(first);
+            let mut transport_error = None;
+            // Take whatever else is already buffered, without waiting, up to one batch.
+            while let Some(item) = next.take() {
+                match item {
+                    Ok(chunk) => batch.extend_from_slice(&chunk),
+                    Err(e) => {
+                        transport_error = Some(e);
+                        break;
+                    }
+                }
+                if batch.len() >= SPOOL_BATCH {
+                    break;
+                }
+                next = body.next().now_or_never().flatten();
+            }
+            if !batch.is_empty() {
+                let batch = batch.freeze();
+                let offset = verifier.length();
+                if length.is_some_and(|len| offset + batch.len() as u64 > len) {
+                    if let Some(w) = writer.take() {
+                        w.abort().await;
+                    }
+                    self.metrics.integrity_failures.inc();
+                    return fail(UpstreamError::Integrity("upstream sent more bytes than its Content-Length".into()).into());
+                }
+                verifier.update(&batch);
+                self.metrics.upstream_bytes.inc_by(batch.len() as u64);
+                if let Err(e) = write_spool(&spool, offset, batch.clone()).await {
+                    if let Some(w) = writer.take() {
+                        w.abort().await;
+                    }
+                    return fail(FetchError::Spool(e.to_string()));
+                }
+                if let Some(w) = writer.as_mut()
+                    && let Err(error) = w.write(batch).await
+                {
+                    tracing::error!(%digest, %error, "cache write failed; finishing uncached");
+                    if let Some(w) = writer.take() {
+                        w.abort().await;
+                    }
+                }
+                state.send_replace(FlightState::Streaming { length, written: verifier.length() });
+            }
+            if let Some(error) = transport_error {
+                if let Some(w) = writer.take() {
+                    w.abort().await;
+                }
+                let at = verifier.length();
+                return fail(UpstreamError::Unreachable(format!("upstream transfer broke after {at} bytes: {error}")).into());
+            }
+        }
+        let proof = match verifier.finish(length) {
+            Ok(proof) => proof,
+            Err(error) => {
+                if let Some(w) = writer.take() {
+                    w.abort().await;
+                }
+                self.metrics.integrity_failures.inc();
+                return fail(UpstreamError::Integrity(error.to_string()).into());
+            }
+        };
+        if let Some(w) = writer
+            && let Err(error) = w.commit(&proof).await
+        {
+            tracing::error!(%digest, %error, "cannot commit verified blob to the cache; served uncached");
+        }
+        tracing::info!(%digest, %repository, bytes = proof.length(), "blob fetched and verified");
+        state.send_replace(FlightState::Verified { length: proof.length() });
+    }
+}
+
+async fn write_spool(spool: &Arc<std::fs::File>, offset: u64, bytes: Bytes) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let spool = spool.clone();
+    tokio::task::spawn_blocking(move || spool.write_all_at(&bytes, offset)).await.map_err(std::io::Error::other)?
+}
+
+/// What a reader learned once the upstream answered.
+#[derive(Debug, Clone, Copy)]
+pub struct Started {
+    /// The blob's length, when the upstream announced it (or it is already verified).
+    pub length: Option<u64>,
+}
+
+impl Flight {
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// Waits for the upstream's response: its length, or why there is none.
+    pub async fn started(&self) -> Result<Started, FetchError> {
+        let mut state = self.state.clone();
+        loop {
+            match &*state.borrow_and_update() {
+                FlightState::Connecting => {}
+                FlightState::Streaming { length, .. } => return Ok(Started { length: *length }),
+                FlightState::Verified { length } => return Ok(Started { length: Some(*length) }),
+                FlightState::Failed(error) => return Err(error.clone()),
+            }
+            if state.changed().await.is_err() {
+                return Err(FetchError::Spool("download ended without a result".into()));
+            }
+        }
+    }
+
+    /// Waits until the whole blob is verified; returns its length.
+    pub async fn verified(&self) -> Result<u64, FetchError> {
+        let mut state = self.state.clone();
+        loop {
+            match &*state.borrow_and_update() {
+                FlightState::Verified { length } => return Ok(*length),
+                FlightState::Failed(error) => return Err(error.clone()),
+                _ => {}
+            }
+            if state.changed().await.is_err() {
+                return Err(FetchError::Spool("download ended without a result".into()));
+            }
+        }
+    }
+
+    /// The blob's bytes from `start` (to `end`, exclusive, or to the end), as they arrive, with
+    /// the last byte held back until the digest is verified. Ends with an error when the
+    /// download fails, which makes the server cut the client's connection.
+    pub fn stream(self: &Arc<Self>, start: u64, end: Option<u64>) -> BoxStream<'static, Result<Bytes, std::io::Error>> {
+        let reader = Reader { flight: self.clone(), state: self.state.clone(), position: start, end };
+        futures::stream::try_unfold(reader, |mut reader| async move {
+            let chunk = reader.next_chunk().await?;
+            Ok(chunk.map(|chunk| (chunk, reader)))
+        })
+        .boxed()
+    }
+}
+
+struct Reader {
+    flight: Arc<Flight>,
+    state: watch::Receiver<FlightState>,
+    position: u64,
+    end: Option<u64>,
+}
+
+impl Reader {
+    async fn next_chunk(&mut self) -> std::io::Result<Option<Bytes>> {
+        loop {
+            let (readable, end) = match &*self.state.borrow_and_update() {
+                FlightState::Connecting => (0, self.end),
+                // Everything but the last byte written so far: the blob is only complete once
+                // verified, so a client can never hold all of an unverified blob.
+                FlightState::Streaming { written, .. } => (written.saturating_sub(1), self.end),
+                FlightState::Verified { length } => (*length, Some(self.end.unwrap_or(*length).min(*length))),
+                FlightState::Failed(error) => return Err(std::io::Error::other(error.to_string())),
+            };
+            let readable = end.map_or(readable, |end| readable.min(end));
+            if self.position < readable {
+                let len = (readable - self.position).min(READ_CHUNK);
+                let chunk = read_spool(&self.flight.spool, self.position, len as usize).await?;
+                self.position += chunk.len() as u64;
+                return Ok(Some(chunk));
+            }
+            if end.is_some_and(|end| self.position >= end) && matches!(*self.state.borrow(), FlightState::Verified { .. }) {
+                return Ok(None);
+            }
+            if self.state.changed().await.is_err() {
+                // The sender is gone; only a final state may have been left behind.
+                if !matches!(*self.state.borrow(), FlightState::Verified { .. } | FlightState::Failed(_)) {
+                    return Err(std::io::Error::other("download ended without a result"));
+                }
+            }
+        }
+    }
+}
+
+async fn read_spool(spool: &Arc<std::fs::File>, offset: u64, len: usize) -> std::io::Result<Bytes> {
+    use std::os::unix::fs::FileExt;
+    let spool = spool.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut buffer = vec![0; len];
+        spool.read_exact_at(&mut buffer, offset)?;
+        Ok(Bytes::from(buffer))
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
