@@ -104,6 +104,18 @@ impl Fetcher {
         Ok((flight, false))
     }
 
+    /// Number of downloads in progress.
+    pub fn inflight(&self) -> usize {
+        self.inflight.lock().expect("inflight lock").len()
+    }
+
+    /// Waits until no download is in progress (polling: this runs once, at shutdown).
+    pub async fn idle(&self) {
+        while self.inflight() > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// Downloads into the spool and the cache, publishing progress; the final state is always
     /// `Verified` or `Failed`.
     async fn download(

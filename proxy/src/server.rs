@@ -67,6 +67,7 @@ pub fn build_state(config: &Config) -> Result<Arc<AppState>, ServerError> {
 /// Runs the server until SIGTERM or SIGINT, then lets in-flight requests finish.
 pub async fn run(config: Config) -> Result<(), ServerError> {
     let state = build_state(&config)?;
+    let fetcher = state.service.fetcher().clone();
     let app = routes::router(state).layer(TraceLayer::new_for_http());
     let handle = axum_server::Handle::<SocketAddr>::new();
     tokio::spawn(shutdown_on_signal(handle.clone()));
@@ -92,6 +93,15 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             axum_server::bind_rustls(config.listen, rustls).handle(handle).serve(service).await?
         }
         None => axum_server::bind(config.listen).handle(handle).serve(service).await?,
+    }
+    // Downloads continue after their clients leave (to fill the cache); give them the grace
+    // period to commit. One still running when the process exits leaves only an uncommitted
+    // staging upload, never a blob under its key.
+    if fetcher.inflight() > 0 {
+        tracing::info!(downloads = fetcher.inflight(), "waiting for in-flight downloads");
+        if tokio::time::timeout(SHUTDOWN_GRACE, fetcher.idle()).await.is_err() {
+            tracing::warn!(downloads = fetcher.inflight(), "abandoning unfinished downloads");
+        }
     }
     tracing::info!("stopped");
     Ok(())

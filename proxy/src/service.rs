@@ -309,6 +309,11 @@ impl RegistryService {
         }
     }
 
+    /// The shared downloads, so shutdown can wait for them.
+    pub fn fetcher(&self) -> &Arc<Fetcher> {
+        &self.fetcher
+    }
+
     /// Whether the storage answers: for `/readyz`.
     pub async fn storage_ready(&self) -> Result<(), RegistryError> {
         let probe = Digest::from_hash(Algorithm::Sha256, &[0; 32]);
@@ -316,8 +321,17 @@ impl RegistryService {
     }
 }
 
-fn accept_or_default(accept: Option<&HeaderValue>) -> HeaderValue {
-    accept.cloned().unwrap_or_else(|| HeaderValue::from_static(DEFAULT_MANIFEST_ACCEPT))
+/// The Accept list sent upstream: the client's, when it names any manifest type; otherwise (no
+/// header, or only `*/*` as curl sends) every type a pull can need, since registries answer a bare
+/// wildcard with 404 for OCI content.
+pub fn accept_or_default(accept: Option<&HeaderValue>) -> HeaderValue {
+    let names_a_manifest_type = accept.and_then(|v| v.to_str().ok()).is_some_and(|v| {
+        v.split(',').map(|e| e.split(';').next().unwrap_or("").trim()).any(|e| e.starts_with("application/vnd."))
+    });
+    match accept {
+        Some(accept) if names_a_manifest_type => accept.clone(),
+        _ => HeaderValue::from_static(DEFAULT_MANIFEST_ACCEPT),
+    }
 }
 
 fn resolve(range: Option<ByteRange>, size: u64) -> Result<Option<Range<u64>>, RegistryError> {
@@ -339,6 +353,15 @@ mod tests {
         assert!(accepts(Some(&h), oci));
         assert!(!accepts(Some(&h), "application/vnd.docker.distribution.manifest.list.v2+json"));
         assert!(accepts(Some(&HeaderValue::from_static("*/*")), oci));
+    }
+
+    #[test]
+    fn wildcard_accept_is_replaced_by_the_manifest_types() {
+        let wildcard = HeaderValue::from_static("*/*");
+        assert_eq!(accept_or_default(Some(&wildcard)), DEFAULT_MANIFEST_ACCEPT);
+        assert_eq!(accept_or_default(None), DEFAULT_MANIFEST_ACCEPT);
+        let docker = HeaderValue::from_static("application/vnd.docker.distribution.manifest.v2+json");
+        assert_eq!(accept_or_default(Some(&docker)), docker);
     }
 
     #[test]
