@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs the programs the integration tests (tests/) start: the upstream registry, the clients
+# and the tools they need. Idempotent: installs only what is missing, and runs `apt-get update`
+# only when it has something to install. Needs root (or sudo).
+set -euo pipefail
+
+# Debian package -> a file it provides (checked to decide whether it is installed).
+declare -A PKGS=(
+  [docker-registry]=/usr/bin/docker-registry   # CNCF distribution 2.8: the upstream registry
+  [skopeo]=/usr/bin/skopeo                     # pushes seeds, pulls through the proxy
+  [podman]=/usr/bin/podman                     # `podman pull` (vfs storage)
+  [containerd]=/usr/bin/containerd             # containerd + ctr, hosts.toml mirror pulls
+  [golang-github-containers-common]=/etc/containers/policy.json  # containers config (skopeo/podman dep)
+  [crun]=/usr/bin/crun                         # OCI runtime podman insists on having
+  [uidmap]=/usr/bin/newuidmap                  # podman's user-namespace helpers
+  [tar]=/bin/tar
+  [jq]=/usr/bin/jq
+  [ca-certificates]=/etc/ssl/certs/ca-certificates.crt
+)
+
+missing=()
+for pkg in "${!PKGS[@]}"; do
+  if [ ! -e "${PKGS[$pkg]}" ] && ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$pkg")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "test-deps: everything is installed"
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+echo "test-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
