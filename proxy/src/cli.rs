@@ -147,7 +147,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("config.toml");
         std::fs::write(&file, "groups = [\"fromfile\"]\nlisten = \"127.0.0.1:7000\"\n").unwrap();
-        let config = parse(&["--config", file.to_str().unwrap(), "--group", "acme", "--group", "beta", "--manifest-freshness", "5m"]).unwrap();
+        let config = parse(&[
+            "--config",
+            file.to_str().unwrap(),
+            "--group",
+            "acme",
+            "--group",
+            "beta",
+            "--manifest-freshness",
+            "5m",
+        ])
+        .unwrap();
         assert_eq!(config.groups, vec!["acme", "beta"]);
         assert_eq!(config.listen.to_string(), "127.0.0.1:7000");
         assert_eq!(config.cache.manifest_freshness, Duration::from_secs(300));

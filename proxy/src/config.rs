@@ -164,13 +164,7 @@ impl Default for UpstreamConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self {
-            url: DEFAULT_STORAGE.to_owned(),
-            endpoint: None,
-            region: None,
-            allow_http: false,
-            spool_dir: None,
-        }
+        Self { url: DEFAULT_STORAGE.to_owned(), endpoint: None, region: None, allow_http: false, spool_dir: None }
     }
 }
 
@@ -189,8 +183,8 @@ impl Default for LogConfig {
 impl Config {
     /// Reads a TOML configuration file; fields it leaves out keep their defaults.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })
     }
 
@@ -221,8 +215,7 @@ impl Config {
                 }
             }
         }
-        tracing_subscriber::EnvFilter::try_new(&self.log.filter)
-            .map_err(|e| invalid("log.filter", e.to_string()))?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.filter).map_err(|e| invalid("log.filter", e.to_string()))?;
         Ok(())
     }
 }
@@ -244,8 +237,7 @@ impl UpstreamConfig {
         if let Some(prefix) = &self.official_images_prefix
             && !prefix.is_empty()
         {
-            reference::validate_group(prefix)
-                .map_err(|e| invalid("upstream.official_images_prefix", e.to_string()))?;
+            reference::validate_group(prefix).map_err(|e| invalid("upstream.official_images_prefix", e.to_string()))?;
         }
         if self.password.is_some() && self.password_file.is_some() {
             return Err(invalid("upstream.password", "set either password or password_file"));
@@ -294,9 +286,8 @@ impl UpstreamConfig {
     /// The password, read from `password_file` when that is how it was given.
     pub fn resolve_password(&self) -> Result<Option<String>, ConfigError> {
         if let Some(path) = &self.password_file {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                invalid("upstream.password_file", format!("cannot read {}: {e}", path.display()))
-            })?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| invalid("upstream.password_file", format!("cannot read {}: {e}", path.display())))?;
             return Ok(Some(text.trim_end_matches(['\r', '\n']).to_owned()));
         }
         Ok(self.password.clone())
@@ -328,9 +319,8 @@ impl StorageConfig {
     /// Parses `storage.url`. `file://./x` and `file://x` are relative to the working directory.
     pub fn location(&self) -> Result<StorageLocation, ConfigError> {
         let url = self.url.as_str();
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| invalid("storage.url", "expected file://, memory:// or s3://"))?;
+        let (scheme, rest) =
+            url.split_once("://").ok_or_else(|| invalid("storage.url", "expected file://, memory:// or s3://"))?;
         match scheme {
             "file" => {
                 if rest.is_empty() {
@@ -373,8 +363,7 @@ mod tests {
 
     #[test]
     fn toml_round_trips_without_inline_password() {
-        let mut config = Config::default();
-        config.groups = vec!["acme".into(), "beta".into()];
+        let mut config = Config { groups: vec!["acme".into(), "beta".into()], ..Default::default() };
         config.upstream.username = Some("bot".into());
         config.upstream.password = Some("hunter2".into());
         config.cache.manifest_freshness = Duration::from_secs(300);
@@ -404,8 +393,7 @@ mod tests {
 
     #[test]
     fn validation_names_the_bad_field() {
-        let mut c = Config::default();
-        c.groups = vec!["Not A Group".into()];
+        let c = Config { groups: vec!["Not A Group".into()], ..Default::default() };
         assert_eq!(field_of(&c), "groups");
 
         let mut c = Config::default();
@@ -449,8 +437,7 @@ mod tests {
 
     #[test]
     fn non_docker_hub_upstreams_get_no_library_prefix() {
-        let mut up = UpstreamConfig::default();
-        up.url = Url::parse("http://127.0.0.1:5001").unwrap();
+        let mut up = UpstreamConfig { url: Url::parse("http://127.0.0.1:5001").unwrap(), ..Default::default() };
         assert_eq!(up.effective_official_prefix(), None);
         assert_eq!(up.effective_mirror_namespace(), "127.0.0.1:5001");
         up.official_images_prefix = Some("library".into());

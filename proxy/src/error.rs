@@ -88,9 +88,8 @@ impl IntoResponse for RegistryError {
         } else {
             tracing::debug!(%status, code, error = %self, "request refused");
         }
-        let body = ErrorBody {
-            errors: [ErrorEntry { code, message: self.to_string(), detail: serde_json::Value::Null }],
-        };
+        let body =
+            ErrorBody { errors: [ErrorEntry { code, message: self.to_string(), detail: serde_json::Value::Null }] };
         let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
         match &self {

@@ -42,9 +42,14 @@ pub enum FlightState {
     /// Waiting for the upstream's response headers.
     Connecting,
     /// Bytes `..written` are in the spool file; `length` is the upstream's Content-Length.
-    Streaming { length: Option<u64>, written: u64 },
+    Streaming {
+        length: Option<u64>,
+        written: u64,
+    },
     /// All bytes are in the spool and hashed to the digest.
-    Verified { length: u64 },
+    Verified {
+        length: u64,
+    },
     Failed(FetchError),
 }
 
@@ -71,14 +76,19 @@ impl Fetcher {
 
     /// The download of `digest`: the one in flight, or a new one started for `repository`.
     /// The boolean is true when this call joined a download someone else started.
-    pub fn join_or_start(self: &Arc<Self>, repository: &RepositoryName, digest: &Digest) -> Result<(Arc<Flight>, bool), FetchError> {
+    pub fn join_or_start(
+        self: &Arc<Self>,
+        repository: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<(Arc<Flight>, bool), FetchError> {
         let mut inflight = self.inflight.lock().expect("inflight lock");
         if let Some(flight) = inflight.get(digest) {
             self.metrics.coalesced_requests.inc();
             return Ok((flight.clone(), true));
         }
-        let spool = tempfile::tempfile_in(&self.spool_dir)
-            .map_err(|e| FetchError::Spool(format!("cannot create a spool file in {}: {e}", self.spool_dir.display())))?;
+        let spool = tempfile::tempfile_in(&self.spool_dir).map_err(|e| {
+            FetchError::Spool(format!("cannot create a spool file in {}: {e}", self.spool_dir.display()))
+        })?;
         let spool = Arc::new(spool);
         let (sender, receiver) = watch::channel(FlightState::Connecting);
         let flight = Arc::new(Flight { digest: digest.clone(), spool: spool.clone(), state: receiver });
@@ -173,7 +183,9 @@ impl Fetcher {
                         w.abort().await;
                     }
                     self.metrics.integrity_failures.inc();
-                    return fail(UpstreamError::Integrity("upstream sent more bytes than its Content-Length".into()).into());
+                    return fail(
+                        UpstreamError::Integrity("upstream sent more bytes than its Content-Length".into()).into(),
+                    );
                 }
                 verifier.update(&batch);
                 self.metrics.upstream_bytes.inc_by(batch.len() as u64);
@@ -198,7 +210,9 @@ impl Fetcher {
                     w.abort().await;
                 }
                 let at = verifier.length();
-                return fail(UpstreamError::Unreachable(format!("upstream transfer broke after {at} bytes: {error}")).into());
+                return fail(
+                    UpstreamError::Unreachable(format!("upstream transfer broke after {at} bytes: {error}")).into(),
+                );
             }
         }
         let proof = match verifier.finish(length) {
@@ -308,7 +322,9 @@ impl Reader {
                 self.position += chunk.len() as u64;
                 return Ok(Some(chunk));
             }
-            if end.is_some_and(|end| self.position >= end) && matches!(*self.state.borrow(), FlightState::Verified { .. }) {
+            if end.is_some_and(|end| self.position >= end)
+                && matches!(*self.state.borrow(), FlightState::Verified { .. })
+            {
                 return Ok(None);
             }
             if self.state.changed().await.is_err() {

@@ -90,8 +90,9 @@ impl Metrics {
         registry.register("upstream_bytes", "Body bytes received from the upstream", upstream_bytes.clone());
         let upstream_requests = Family::<UpstreamLabels, Counter>::default();
         registry.register("upstream_requests", "Requests sent to the upstream", upstream_requests.clone());
-        let upstream_latency =
-            Family::<KindLabel, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.005, 2.0, 14)));
+        let upstream_latency = Family::<KindLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.005, 2.0, 14))
+        });
         registry.register(
             "upstream_request_duration_seconds",
             "Time until the upstream's response headers arrived",

@@ -199,8 +199,8 @@ impl Digest {
             "sha512" => Algorithm::Sha512,
             other => return Err(GrammarError::UnsupportedAlgorithm(other.to_owned())),
         };
-        let hex_ok = hex.len() == algorithm.hex_len()
-            && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let hex_ok =
+            hex.len() == algorithm.hex_len() && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !hex_ok {
             return Err(bad());
         }

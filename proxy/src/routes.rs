@@ -45,9 +45,15 @@ impl NameMapping {
     }
 
     /// The upstream repository a request name stands for. `ns` is containerd's `?ns=` query.
-    pub fn upstream_repository(&self, name: &RepositoryName, ns: Option<&str>) -> Result<RepositoryName, RegistryError> {
+    pub fn upstream_repository(
+        &self,
+        name: &RepositoryName,
+        ns: Option<&str>,
+    ) -> Result<RepositoryName, RegistryError> {
         let prefixed = |image: RepositoryName| {
-            image.with_official_prefix(self.official_prefix.as_deref()).map_err(|e| RegistryError::NameInvalid(e.to_string()))
+            image
+                .with_official_prefix(self.official_prefix.as_deref())
+                .map_err(|e| RegistryError::NameInvalid(e.to_string()))
         };
         if let Some(split) = reference::split_gitlab_name(name) {
             if self.groups.contains(&split.group) {

@@ -53,14 +53,8 @@ pub fn build_state(config: &Config) -> Result<Arc<AppState>, ServerError> {
     let blobs = BlobStore::new(store.clone());
     let manifests = ManifestStore::new(store, config.upstream.url.authority().to_owned());
     let fetcher = Arc::new(Fetcher::new(upstream.clone(), blobs.clone(), spool_dir, metrics.clone()));
-    let service = RegistryService::new(
-        upstream,
-        blobs,
-        manifests,
-        fetcher,
-        metrics.clone(),
-        config.cache.manifest_freshness,
-    );
+    let service =
+        RegistryService::new(upstream, blobs, manifests, fetcher, metrics.clone(), config.cache.manifest_freshness);
     Ok(Arc::new(AppState { service, names: NameMapping::from_config(config), metrics }))
 }
 

@@ -167,7 +167,10 @@ impl RegistryService {
             return Ok(manifest);
         }
         self.metrics.miss(Kind::Manifest);
-        let body = self.upstream.manifest_get(repository, &Reference::Digest(digest.clone()), &accept_or_default(accept)).await?;
+        let body = self
+            .upstream
+            .manifest_get(repository, &Reference::Digest(digest.clone()), &accept_or_default(accept))
+            .await?;
         let manifest = verify_manifest(body, Some(digest))?;
         self.store_manifest(&manifest).await;
         Ok(manifest)
@@ -349,7 +352,9 @@ mod tests {
     fn accept_lists_are_matched_by_media_type() {
         let oci = "application/vnd.oci.image.index.v1+json";
         assert!(accepts(None, oci));
-        let h = HeaderValue::from_static("application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.index.v1+json;q=0.9");
+        let h = HeaderValue::from_static(
+            "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.index.v1+json;q=0.9",
+        );
         assert!(accepts(Some(&h), oci));
         assert!(!accepts(Some(&h), "application/vnd.docker.distribution.manifest.list.v2+json"));
         assert!(accepts(Some(&HeaderValue::from_static("*/*")), oci));
@@ -367,8 +372,14 @@ mod tests {
     #[test]
     fn media_type_comes_from_content_type_then_document() {
         let doc = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json"}"#;
-        assert_eq!(manifest_media_type(Some("application/vnd.oci.image.index.v1+json"), doc), "application/vnd.oci.image.index.v1+json");
-        assert_eq!(manifest_media_type(Some("application/octet-stream"), doc), "application/vnd.docker.distribution.manifest.list.v2+json");
+        assert_eq!(
+            manifest_media_type(Some("application/vnd.oci.image.index.v1+json"), doc),
+            "application/vnd.oci.image.index.v1+json"
+        );
+        assert_eq!(
+            manifest_media_type(Some("application/octet-stream"), doc),
+            "application/vnd.docker.distribution.manifest.list.v2+json"
+        );
         assert_eq!(manifest_media_type(None, b"{}"), "application/vnd.oci.image.manifest.v1+json");
     }
 

@@ -154,7 +154,10 @@ impl Verifier {
     pub fn finish(self, expected_len: Option<u64>) -> Result<Verified, StoreError> {
         let expected = self.expected.to_string();
         if let Some(len) = expected_len.filter(|len| *len != self.length) {
-            return Err(StoreError::Mismatch { expected, reason: format!("got {} bytes, expected {len}", self.length) });
+            return Err(StoreError::Mismatch {
+                expected,
+                reason: format!("got {} bytes, expected {len}", self.length),
+            });
         }
         let actual = self.hasher.finish();
         if actual != self.expected {

@@ -44,10 +44,7 @@ pub fn tag(upstream: &str, repository: &RepositoryName, tag: &Tag) -> Path {
 
 /// An upstream's authority (`host:port`) as one path segment.
 fn upstream_segment(authority: &str) -> String {
-    authority
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-') { c } else { '_' })
-        .collect()
+    authority.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-') { c } else { '_' }).collect()
 }
 
 #[cfg(test)]

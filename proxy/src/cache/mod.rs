@@ -33,7 +33,8 @@ pub enum StoreError {
 /// Opens the object store `storage.url` names. S3 credentials come from the standard `AWS_*`
 /// environment variables, so they never appear in a config file.
 pub fn open_store(config: &StorageConfig) -> Result<Arc<dyn ObjectStore>, ConfigError> {
-    let invalid = |field: &'static str, e: &dyn std::fmt::Display| ConfigError::Invalid { field, reason: e.to_string() };
+    let invalid =
+        |field: &'static str, e: &dyn std::fmt::Display| ConfigError::Invalid { field, reason: e.to_string() };
     Ok(match config.location()? {
         StorageLocation::Memory => Arc::new(InMemory::new()),
         StorageLocation::Filesystem(path) => {

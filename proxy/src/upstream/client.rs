@@ -122,10 +122,7 @@ impl UpstreamClient {
             .send(Kind::Manifest, Method::HEAD, url, repository, accept_headers(accept), Some(SMALL_REQUEST_TIMEOUT))
             .await?;
         let response = check_status(response, Object::Manifest).await?;
-        Ok(ManifestHead {
-            digest: digest_header(response.headers())?,
-            media_type: content_type(response.headers()),
-        })
+        Ok(ManifestHead { digest: digest_header(response.headers())?, media_type: content_type(response.headers()) })
     }
 
     /// GET a manifest, bounded in size, bytes exactly as sent.
@@ -162,8 +159,9 @@ impl UpstreamClient {
     /// HEAD a blob: its length, without transferring it.
     pub async fn blob_head(&self, repository: &RepositoryName, digest: &Digest) -> Result<Option<u64>, UpstreamError> {
         let url = self.url(repository, "blobs", &digest.to_string());
-        let response =
-            self.send(Kind::Blob, Method::HEAD, url, repository, identity_headers(), Some(SMALL_REQUEST_TIMEOUT)).await?;
+        let response = self
+            .send(Kind::Blob, Method::HEAD, url, repository, identity_headers(), Some(SMALL_REQUEST_TIMEOUT))
+            .await?;
         let response = check_status(response, Object::Blob).await?;
         Ok(content_length(response.headers()))
     }
@@ -309,9 +307,8 @@ impl UpstreamClient {
             .json()
             .await
             .map_err(|e| UpstreamError::Protocol(format!("token service sent no JSON token: {e}")))?;
-        let (token, lifetime) = parsed
-            .into_token()
-            .ok_or_else(|| UpstreamError::Protocol("token service answer has no token".into()))?;
+        let (token, lifetime) =
+            parsed.into_token().ok_or_else(|| UpstreamError::Protocol("token service answer has no token".into()))?;
         self.tokens.insert(challenge.clone(), token, lifetime, Instant::now());
         Ok(())
     }
