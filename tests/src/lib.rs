@@ -147,3 +147,58 @@ impl PseudoRandom {
         v
     }
 }
+
+/// A registry, a shim in front of it and a proxy in front of the shim: the usual test setup.
+pub struct Env {
+    pub proxy: Proxy,
+    pub shim: Shim,
+    pub registry: Registry,
+}
+
+impl Env {
+    /// Anonymous upstream, default proxy options (group `g`).
+    pub fn new() -> Self {
+        Self::with(ShimOptions::default(), |o| o)
+    }
+
+    pub fn with(shim: ShimOptions, proxy: impl FnOnce(ProxyOptions) -> ProxyOptions) -> Self {
+        let registry = Registry::start();
+        let shim = Shim::with_options(&registry.url(), shim);
+        let proxy = Proxy::with_options(proxy(ProxyOptions::new(&shim.url())));
+        Self { proxy, shim, registry }
+    }
+
+    /// Pushes `artifact` to the registry (directly, not through the shim) as `name:tag`.
+    pub fn seed(&self, artifact: impl Into<Artifact>, name: &str, tag: &str) -> Artifact {
+        let a = artifact.into();
+        a.push(&self.registry.host(), name, tag);
+        a
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- upstream requests seen by the shim ----");
+            for r in self.shim.records() {
+                eprintln!(
+                    "{} {}{} -> {} accept={:?} auth={} range={:?} accept-encoding={:?}",
+                    r.method,
+                    r.path,
+                    r.query.as_deref().map(|q| format!("?{q}")).unwrap_or_default(),
+                    r.status,
+                    r.accept,
+                    r.authorization.as_deref().map(|a| a.split(' ').next().unwrap_or("")).unwrap_or("-"),
+                    r.range,
+                    r.accept_encoding,
+                );
+            }
+        }
+    }
+}
+
+impl Default for Env {
+    fn default() -> Self {
+        Self::new()
+    }
+}
