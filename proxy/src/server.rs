@@ -34,7 +34,7 @@ pub enum ServerError {
 /// Builds everything a request needs from the configuration.
 pub fn build_state(config: &Config) -> Result<Arc<AppState>, ServerError> {
     let metrics = Arc::new(Metrics::new());
-    let store = cache::open_store(&config.storage)?;
+    let storage = cache::open_store(&config.storage)?;
     let credentials = match (&config.upstream.username, config.upstream.resolve_password()?) {
         (Some(username), password) => {
             Some(Credentials { username: username.clone(), password: password.unwrap_or_default() })
@@ -50,8 +50,8 @@ pub fn build_state(config: &Config) -> Result<Arc<AppState>, ServerError> {
         field: "storage.spool_dir",
         reason: format!("cannot create {}: {e}", spool_dir.display()),
     })?;
-    let blobs = BlobStore::new(store.clone());
-    let manifests = ManifestStore::new(store, config.upstream.url.authority().to_owned());
+    let blobs = BlobStore::new(storage.store.clone(), storage.part_size);
+    let manifests = ManifestStore::new(storage.store, config.upstream.url.authority().to_owned());
     let fetcher = Arc::new(Fetcher::new(upstream.clone(), blobs.clone(), spool_dir, metrics.clone()));
     let service =
         RegistryService::new(upstream, blobs, manifests, fetcher, metrics.clone(), config.cache.manifest_freshness);

@@ -16,10 +16,9 @@ use super::{StoreError, keys};
 use crate::hashing::DigestHasher;
 use crate::reference::Digest;
 
-/// Parts of this size are uploaded as they fill (S3's minimum part size is 5 MiB).
-const PART_SIZE: usize = 8 * 1024 * 1024;
-/// Parts uploading at once per blob; bounds the memory one download may hold.
-const MAX_PARTS_IN_FLIGHT: usize = 2;
+/// Parts uploading at once per blob, besides the one filling: with the part size, this bounds
+/// the memory one download holds.
+const MAX_PARTS_IN_FLIGHT: usize = 1;
 /// Read size when streaming a cached blob from the local filesystem.
 const FILE_READ_CHUNK: usize = 1024 * 1024;
 
@@ -36,11 +35,12 @@ pub struct CachedBlob {
 #[derive(Clone)]
 pub struct BlobStore {
     store: Arc<dyn ObjectStore>,
+    part_size: usize,
 }
 
 impl BlobStore {
-    pub fn new(store: Arc<dyn ObjectStore>) -> Self {
-        Self { store }
+    pub fn new(store: Arc<dyn ObjectStore>, part_size: usize) -> Self {
+        Self { store, part_size }
     }
 
     /// The size of a cached blob, or `None` when it is not cached.
@@ -75,7 +75,7 @@ impl BlobStore {
     pub async fn writer(&self, digest: &Digest) -> Result<BlobWriter, StoreError> {
         let upload = self.store.put_multipart(&keys::blob(digest)).await?;
         Ok(BlobWriter {
-            upload: WriteMultipart::new_with_chunk_size(upload, PART_SIZE),
+            upload: WriteMultipart::new_with_chunk_size(upload, self.part_size),
             digest: digest.clone(),
             written: 0,
         })
@@ -211,6 +211,8 @@ mod tests {
     use object_store::local::LocalFileSystem;
     use object_store::memory::InMemory;
 
+    const TEST_PART: usize = 1024 * 1024;
+
     async fn read_all(blob: CachedBlob) -> Vec<u8> {
         let chunks: Vec<Bytes> = blob.body.map(|c| c.unwrap()).collect().await;
         chunks.concat()
@@ -219,7 +221,7 @@ mod tests {
     #[tokio::test]
     async fn verified_blob_commits_and_reads_back_with_ranges() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::new(Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap()));
+        let store = BlobStore::new(Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap()), TEST_PART);
         let content: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let digest = digest_of(Algorithm::Sha256, &content);
         let mut writer = store.writer(&digest).await.unwrap();
@@ -251,7 +253,7 @@ mod tests {
         assert!(matches!(verifier.finish(Some(6)), Err(StoreError::Mismatch { .. })));
 
         // A proof for other bytes than the ones written cannot commit them.
-        let store = BlobStore::new(Arc::new(InMemory::new()));
+        let store = BlobStore::new(Arc::new(InMemory::new()), TEST_PART);
         let mut verifier = Verifier::new(&digest);
         verifier.update(b"right");
         let proof = verifier.finish(None).unwrap();
@@ -264,10 +266,10 @@ mod tests {
     #[tokio::test]
     async fn aborted_local_upload_leaves_no_file() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::new(Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap()));
+        let store = BlobStore::new(Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap()), TEST_PART);
         let digest = digest_of(Algorithm::Sha256, b"x");
         let mut writer = store.writer(&digest).await.unwrap();
-        writer.write(Bytes::from(vec![7u8; PART_SIZE + 10])).await.unwrap();
+        writer.write(Bytes::from(vec![7u8; TEST_PART + 10])).await.unwrap();
         writer.abort().await;
         let leftovers: Vec<_> = walk(dir.path());
         assert!(leftovers.is_empty(), "left behind: {leftovers:?}");

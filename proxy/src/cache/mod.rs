@@ -30,19 +30,33 @@ pub enum StoreError {
     Mismatch { expected: String, reason: String },
 }
 
+/// An opened object store and the upload part size that suits it.
+pub struct Storage {
+    pub store: Arc<dyn ObjectStore>,
+    /// Multipart part size: S3 refuses parts under 5 MiB; a local file takes any size, and
+    /// small parts keep each download's buffer small.
+    pub part_size: usize,
+}
+
+/// S3's smallest allowed multipart part (except the last).
+const S3_MIN_PART_SIZE: usize = 5 * 1024 * 1024;
+/// Part size for stores without a minimum.
+const LOCAL_PART_SIZE: usize = 1024 * 1024;
+
 /// Opens the object store `storage.url` names. S3 credentials come from the standard `AWS_*`
 /// environment variables, so they never appear in a config file.
-pub fn open_store(config: &StorageConfig) -> Result<Arc<dyn ObjectStore>, ConfigError> {
+pub fn open_store(config: &StorageConfig) -> Result<Storage, ConfigError> {
     let invalid =
         |field: &'static str, e: &dyn std::fmt::Display| ConfigError::Invalid { field, reason: e.to_string() };
+    let local = |store: Arc<dyn ObjectStore>| Storage { store, part_size: LOCAL_PART_SIZE };
     Ok(match config.location()? {
-        StorageLocation::Memory => Arc::new(InMemory::new()),
+        StorageLocation::Memory => local(Arc::new(InMemory::new())),
         StorageLocation::Filesystem(path) => {
             std::fs::create_dir_all(&path).map_err(|e| invalid("storage.url", &format!("{}: {e}", path.display())))?;
             let store = LocalFileSystem::new_with_prefix(&path).map_err(|e| invalid("storage.url", &e))?;
             // fsync before the commit rename: after a power loss a blob is whole or absent, never a
             // truncated file under its final, trusted key.
-            Arc::new(store.with_automatic_cleanup(true).with_fsync(true))
+            local(Arc::new(store.with_automatic_cleanup(true).with_fsync(true)))
         }
         StorageLocation::S3 { bucket, prefix } => {
             let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket).with_allow_http(config.allow_http);
@@ -55,7 +69,9 @@ pub fn open_store(config: &StorageConfig) -> Result<Arc<dyn ObjectStore>, Config
                 builder = builder.with_region("us-east-1");
             }
             let store = builder.build().map_err(|e| invalid("storage.url", &e))?;
-            if prefix.is_empty() { Arc::new(store) } else { Arc::new(PrefixStore::new(store, prefix)) }
+            let store: Arc<dyn ObjectStore> =
+                if prefix.is_empty() { Arc::new(store) } else { Arc::new(PrefixStore::new(store, prefix)) };
+            Storage { store, part_size: S3_MIN_PART_SIZE }
         }
     })
 }
