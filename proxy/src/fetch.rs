@@ -285,7 +285,8 @@ impl Flight {
     }
 
     /// The blob's bytes from `start` (to `end`, exclusive, or to the end), as they arrive, with
-    /// the last byte held back until the digest is verified. Ends with an error when the
+    /// the last byte held back until the digest is verified; a bounded range waits for the
+    /// verification before its first byte. Ends with an error when the
     /// download fails, which makes the server cut the client's connection.
     pub fn stream(self: &Arc<Self>, start: u64, end: Option<u64>) -> BoxStream<'static, Result<Bytes, std::io::Error>> {
         let reader = Reader { flight: self.clone(), state: self.state.clone(), position: start, end };
@@ -309,6 +310,8 @@ impl Reader {
         loop {
             let (readable, end) = match &*self.state.borrow_and_update() {
                 FlightState::Connecting => (0, self.end),
+                // A range is a slice that cannot be checked on its own: nothing until verified.
+                FlightState::Streaming { .. } if self.end.is_some() => (0, self.end),
                 // Everything but the last byte written so far: the blob is only complete once
                 // verified, so a client can never hold all of an unverified blob.
                 FlightState::Streaming { written, .. } => (written.saturating_sub(1), self.end),
@@ -347,4 +350,157 @@ async fn read_spool(spool: &Arc<std::fs::File>, offset: u64, len: usize) -> std:
     })
     .await
     .map_err(std::io::Error::other)?
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use axum::body::Body;
+    use axum::extract::State;
+    use futures::StreamExt;
+    use object_store::memory::InMemory;
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::config::UpstreamConfig;
+    use crate::hashing::digest_of;
+    use crate::reference::Algorithm;
+
+    /// An upstream whose single blob body the test feeds chunk by chunk.
+    struct Upstream {
+        requests: AtomicUsize,
+        length: u64,
+        body: Mutex<Option<mpsc::Receiver<Result<Bytes, std::io::Error>>>>,
+    }
+
+    async fn serve_blob(State(up): State<Arc<Upstream>>) -> axum::response::Response {
+        up.requests.fetch_add(1, Ordering::SeqCst);
+        let receiver = up.body.lock().unwrap().take().expect("one request only");
+        let stream = tokio_stream_from(receiver);
+        axum::response::Response::builder().header("content-length", up.length).body(Body::from_stream(stream)).unwrap()
+    }
+
+    fn tokio_stream_from(
+        mut receiver: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
+        futures::stream::poll_fn(move |cx| receiver.poll_recv(cx))
+    }
+
+    struct Harness {
+        fetcher: Arc<Fetcher>,
+        upstream: Arc<Upstream>,
+        blobs: BlobStore,
+        feed: mpsc::Sender<Result<Bytes, std::io::Error>>,
+        repository: RepositoryName,
+        _spool: tempfile::TempDir,
+    }
+
+    async fn harness(length: u64) -> Harness {
+        let (feed, receiver) = mpsc::channel(16);
+        let upstream = Arc::new(Upstream { requests: AtomicUsize::new(0), length, body: Mutex::new(Some(receiver)) });
+        let app = axum::Router::new().route("/v2/{*rest}", axum::routing::get(serve_blob)).with_state(upstream.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let config = UpstreamConfig { url: format!("http://{addr}").parse().unwrap(), ..Default::default() };
+        let metrics = Arc::new(Metrics::new());
+        let client = Arc::new(UpstreamClient::new(&config, None, metrics.clone()).unwrap());
+        let blobs = BlobStore::new(Arc::new(InMemory::new()), 1024 * 1024);
+        let spool = tempfile::tempdir().unwrap();
+        let fetcher = Arc::new(Fetcher::new(client, blobs.clone(), spool.path().to_owned(), metrics));
+        Harness { fetcher, upstream, blobs, feed, repository: RepositoryName::parse("a/b").unwrap(), _spool: spool }
+    }
+
+    /// Reads what the stream offers within a short wait, without requiring it to end.
+    async fn read_available(stream: &mut BoxStream<'static, Result<Bytes, std::io::Error>>) -> Vec<u8> {
+        let mut got = Vec::new();
+        while let Ok(Some(chunk)) = tokio::time::timeout(Duration::from_millis(300), stream.next()).await {
+            got.extend_from_slice(&chunk.unwrap());
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn streams_early_but_holds_the_last_byte_until_verified() {
+        let content: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 256) as u8).collect();
+        let digest = digest_of(Algorithm::Sha256, &content);
+        let h = harness(content.len() as u64).await;
+        let (flight, joined) = h.fetcher.join_or_start(&h.repository, &digest).unwrap();
+        assert!(!joined);
+        let (second, joined) = h.fetcher.join_or_start(&h.repository, &digest).unwrap();
+        assert!(joined, "a concurrent miss must join the download in flight");
+
+        h.feed.send(Ok(Bytes::copy_from_slice(&content[..150_000]))).await.unwrap();
+        assert_eq!(flight.started().await.unwrap().length, Some(content.len() as u64));
+        let mut first_client = flight.stream(0, None);
+        let early = read_available(&mut first_client).await;
+        assert_eq!(early, content[..149_999], "bytes must flow before the upstream finishes, minus one held back");
+
+        h.feed.send(Ok(Bytes::copy_from_slice(&content[150_000..]))).await.unwrap();
+        let rest: Vec<Bytes> = first_client.map(|c| c.unwrap()).collect().await;
+        assert_eq!([early, rest.concat()].concat(), content);
+        let other: Vec<Bytes> = second.stream(0, None).map(|c| c.unwrap()).collect().await;
+        assert_eq!(other.concat(), content);
+        assert_eq!(h.upstream.requests.load(Ordering::SeqCst), 1);
+        assert_eq!(h.blobs.size(&digest).await.unwrap(), Some(content.len() as u64));
+    }
+
+    #[tokio::test]
+    async fn wrong_bytes_cut_every_client_and_are_never_cached() {
+        let content = vec![1u8; 100_000];
+        let digest = digest_of(Algorithm::Sha256, &content);
+        let h = harness(content.len() as u64).await;
+        let (flight, _) = h.fetcher.join_or_start(&h.repository, &digest).unwrap();
+        let mut corrupted = content.clone();
+        corrupted[99_999] = 2;
+        h.feed.send(Ok(Bytes::from(corrupted))).await.unwrap();
+        drop(h.feed);
+        let mut received = Vec::new();
+        let mut failed = false;
+        let mut stream = flight.stream(0, None);
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(chunk) => received.extend_from_slice(&chunk),
+                Err(_) => failed = true,
+            }
+        }
+        assert!(failed, "the stream must end in an error so the connection is cut");
+        assert!(received.len() < content.len(), "a client received a complete unverified body");
+        assert!(matches!(flight.verified().await, Err(FetchError::Upstream(UpstreamError::Integrity(_)))));
+        assert_eq!(h.blobs.size(&digest).await.unwrap(), None);
+        // The failed download is forgotten, so the next request tries the upstream again.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(h.fetcher.inflight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_broken_transfer_is_an_error_not_a_short_blob() {
+        let content = vec![9u8; 50_000];
+        let digest = digest_of(Algorithm::Sha256, &content);
+        let h = harness(content.len() as u64).await;
+        let (flight, _) = h.fetcher.join_or_start(&h.repository, &digest).unwrap();
+        h.feed.send(Ok(Bytes::copy_from_slice(&content[..25_000]))).await.unwrap();
+        h.feed.send(Err(std::io::Error::other("cut"))).await.unwrap();
+        assert!(flight.verified().await.is_err());
+        assert_eq!(h.blobs.size(&digest).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn ranges_of_a_blob_in_flight_wait_for_verification() {
+        let content: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        let digest = digest_of(Algorithm::Sha256, &content);
+        let h = harness(content.len() as u64).await;
+        let (flight, _) = h.fetcher.join_or_start(&h.repository, &digest).unwrap();
+        h.feed.send(Ok(Bytes::copy_from_slice(&content[..5_000]))).await.unwrap();
+        let mut slice = flight.stream(100, Some(200));
+        assert_eq!(read_available(&mut slice).await, b"", "a slice of an unverified blob was sent");
+        h.feed.send(Ok(Bytes::copy_from_slice(&content[5_000..]))).await.unwrap();
+        assert_eq!(flight.verified().await.unwrap(), 10_000);
+        let middle: Vec<Bytes> = slice.map(|c| c.unwrap()).collect().await;
+        assert_eq!(middle.concat(), content[100..200]);
+        let tail: Vec<Bytes> = flight.stream(9_990, Some(10_000)).map(|c| c.unwrap()).collect().await;
+        assert_eq!(tail.concat(), content[9_990..]);
+    }
 }
