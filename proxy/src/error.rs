@@ -8,8 +8,9 @@ use serde::Serialize;
 use crate::cache::StoreError;
 use crate::upstream::UpstreamError;
 
-/// Everything a registry request can fail with, in the client's terms.
-#[derive(Debug, thiserror::Error)]
+/// Everything a registry request can fail with, in the client's terms. `Clone`, so one
+/// upstream failure can answer every coalesced request.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RegistryError {
     #[error("invalid repository name: {0}")]
     NameInvalid(String),

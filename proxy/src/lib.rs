@@ -6,6 +6,7 @@
 
 pub mod cache;
 pub mod cli;
+pub mod coalesce;
 pub mod config;
 pub mod error;
 pub mod fetch;

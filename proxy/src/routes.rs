@@ -80,7 +80,7 @@ impl NameMapping {
 
 /// What every handler shares.
 pub struct AppState {
-    pub service: RegistryService,
+    pub service: Arc<RegistryService>,
     pub names: NameMapping,
     pub metrics: Arc<Metrics>,
 }

@@ -55,7 +55,7 @@ pub fn build_state(config: &Config) -> Result<Arc<AppState>, ServerError> {
     let fetcher = Arc::new(Fetcher::new(upstream.clone(), blobs.clone(), spool_dir, metrics.clone()));
     let service =
         RegistryService::new(upstream, blobs, manifests, fetcher, metrics.clone(), config.cache.manifest_freshness);
-    Ok(Arc::new(AppState { service, names: NameMapping::from_config(config), metrics }))
+    Ok(Arc::new(AppState { service: Arc::new(service), names: NameMapping::from_config(config), metrics }))
 }
 
 /// Runs the server until SIGTERM or SIGINT, then lets in-flight requests finish.

@@ -8,9 +8,11 @@ use std::time::{Duration, SystemTime};
 
 use axum::http::HeaderValue;
 use bytes::Bytes;
+use futures::FutureExt;
 use futures::stream::{BoxStream, StreamExt};
 
 use crate::cache::{BlobStore, CachedManifest, ManifestStore, TagRecord};
+use crate::coalesce::Coalescer;
 use crate::error::RegistryError;
 use crate::fetch::{FetchError, Fetcher};
 use crate::hashing::digest_of;
@@ -43,6 +45,8 @@ pub enum Method {
     Head,
 }
 
+type ManifestResult = Result<CachedManifest, RegistryError>;
+
 pub struct RegistryService {
     upstream: Arc<UpstreamClient>,
     blobs: BlobStore,
@@ -50,6 +54,10 @@ pub struct RegistryService {
     fetcher: Arc<Fetcher>,
     metrics: Arc<Metrics>,
     freshness: Duration,
+    /// Tag lookups in flight, by repository, tag and the client's Accept list.
+    tag_lookups: Coalescer<(RepositoryName, Tag, Option<HeaderValue>), ManifestResult>,
+    /// Manifest-by-digest lookups in flight.
+    digest_lookups: Coalescer<Digest, ManifestResult>,
 }
 
 impl From<FetchError> for RegistryError {
@@ -114,18 +122,44 @@ impl RegistryService {
         metrics: Arc<Metrics>,
         freshness: Duration,
     ) -> Self {
-        Self { upstream, blobs, manifests, fetcher, metrics, freshness }
+        Self {
+            upstream,
+            blobs,
+            manifests,
+            fetcher,
+            metrics,
+            freshness,
+            tag_lookups: Coalescer::default(),
+            digest_lookups: Coalescer::default(),
+        }
     }
 
+    /// A manifest by tag or digest. Concurrent identical requests share one lookup.
     pub async fn manifest(
-        &self,
+        self: &Arc<Self>,
         repository: &RepositoryName,
         reference: &Reference,
         accept: Option<&HeaderValue>,
     ) -> Result<ManifestReply, RegistryError> {
+        let this = self.clone();
+        let repository = repository.clone();
+        let accept = accept.cloned();
         let manifest = match reference {
-            Reference::Digest(digest) => self.manifest_by_digest(repository, digest, accept).await?,
-            Reference::Tag(tag) => self.manifest_by_tag(repository, tag, accept).await?,
+            Reference::Digest(digest) => {
+                let digest = digest.clone();
+                let work = {
+                    let digest = digest.clone();
+                    move || async move { this.manifest_by_digest(&repository, &digest, accept.as_ref()).await }.boxed()
+                };
+                self.digest_lookups.run(digest, work).await?
+            }
+            Reference::Tag(tag) => {
+                let key = (repository.clone(), tag.clone(), accept.clone());
+                let tag = tag.clone();
+                let work =
+                    move || async move { this.manifest_by_tag(&repository, &tag, accept.as_ref()).await }.boxed();
+                self.tag_lookups.run(key, work).await?
+            }
         };
         Ok(ManifestReply { manifest })
     }
