@@ -6,12 +6,11 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use futures::StreamExt;
-use serde::Deserialize;
 
 use crate::config::Config;
 use crate::error::RegistryError;
@@ -123,19 +122,18 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     ([(header::CONTENT_TYPE, content_type)], state.metrics.encode()).into_response()
 }
 
-#[derive(Debug, Deserialize)]
-struct RegistryQuery {
-    ns: Option<String>,
+/// containerd's `?ns=<registry>` when the proxy is its mirror. The raw query and path are read
+/// by hand so that no malformed request can get a non-JSON rejection from an extractor.
+fn namespace_param(query: Option<&str>) -> Option<String> {
+    url::form_urlencoded::parse(query?.as_bytes()).find(|(key, _)| key == "ns").map(|(_, value)| value.into_owned())
 }
 
-async fn registry(
-    State(state): State<Arc<AppState>>,
-    method: Method,
-    Path(rest): Path<String>,
-    Query(query): Query<RegistryQuery>,
-    headers: HeaderMap,
-) -> Response {
-    let response = match handle(&state, &method, &rest, query.ns.as_deref(), &headers).await {
+async fn registry(State(state): State<Arc<AppState>>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+    // Percent-escapes are not decoded: no valid name, tag or digest contains '%', so an escaped
+    // path is refused by the grammar instead of being decoded into something else.
+    let rest = uri.path().strip_prefix("/v2/").unwrap_or_default();
+    let ns = namespace_param(uri.query());
+    let response = match handle(&state, &method, rest, ns.as_deref(), &headers).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     };
@@ -248,6 +246,14 @@ mod tests {
         assert_eq!(up("acme/team/dependency_proxy/containers/bitnami/redis").unwrap(), "bitnami/redis");
         assert!(matches!(up("other/dependency_proxy/containers/alpine"), Err(RegistryError::NameUnknown(_))));
         assert!(matches!(up("library/alpine"), Err(RegistryError::NameUnknown(_))));
+    }
+
+    #[test]
+    fn namespace_comes_from_the_query() {
+        assert_eq!(namespace_param(Some("ns=docker.io")).as_deref(), Some("docker.io"));
+        assert_eq!(namespace_param(Some("x=1&ns=quay.io%3A443")).as_deref(), Some("quay.io:443"));
+        assert_eq!(namespace_param(Some("%ZZ")), None);
+        assert_eq!(namespace_param(None), None);
     }
 
     #[test]

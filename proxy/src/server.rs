@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use tracing::Level;
 
 use crate::cache::{self, BlobStore, ManifestStore};
 use crate::config::{Config, ConfigError};
@@ -62,7 +63,11 @@ pub fn build_state(config: &Config) -> Result<Arc<AppState>, ServerError> {
 pub async fn run(config: Config) -> Result<(), ServerError> {
     let state = build_state(&config)?;
     let fetcher = state.service.fetcher().clone();
-    let app = routes::router(state).layer(TraceLayer::new_for_http());
+    // One INFO line per request (method, path, status, latency): the access log.
+    let access_log = TraceLayer::new_for_http()
+        .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+        .on_response(DefaultOnResponse::new().level(Level::INFO));
+    let app = routes::router(state).layer(access_log);
     let handle = axum_server::Handle::<SocketAddr>::new();
     tokio::spawn(shutdown_on_signal(handle.clone()));
     let announce = {
