@@ -15,7 +15,14 @@ CRANE_MODULE=github.com/google/go-containerregistry
 CRANE_VERSION=${CRANE_VERSION:-v0.22.1}
 
 tools_dir=${DP_TOOLS_DIR:-$HOME/.cache/dependency-proxy-tools}
-conformance_dir=$tools_dir/oci-conformance-$OCI_CONFORMANCE_VERSION
+# The suite is built with one local patch (suite-readonly-report.patch beside this script): in
+# read-only mode this suite version cannot write its reports (an API left untested, such as range
+# GETs, has status Unknown, which its YAML writer refuses, and it then writes no junit.xml or
+# report.html; a skipped push group also dereferences a missing data entry). The patch touches
+# report writing only, no test or verdict. Its hash is part of the folder name.
+patch_file=$(cd "$(dirname "$0")" && pwd)/suite-readonly-report.patch
+patch_id=$(sha256sum "$patch_file" | cut -c1-8)
+conformance_dir=$tools_dir/oci-conformance-$OCI_CONFORMANCE_VERSION-p$patch_id
 crane_dir=$tools_dir/crane-$CRANE_VERSION
 
 log() { printf 'tools: %s\n' "$*" >&2; }
@@ -36,6 +43,7 @@ build_conformance() {
   work=$(mktemp -d)
   cp -r "$src"/. "$work"/
   chmod -R u+w "$work"
+  (cd "$work" && git apply --verbose "$patch_file")
   mkdir -p "$conformance_dir"
   (cd "$work" && go test -c -o "$conformance_dir/conformance.test.tmp" .)
   mv "$conformance_dir/conformance.test.tmp" "$bin"
@@ -53,7 +61,7 @@ build_crane() {
   log "built crane in $((SECONDS - start)) s"
 }
 
-build_conformance
-build_crane
+build_conformance >&2
+build_crane >&2
 echo "CONFORMANCE_BIN=$conformance_dir/conformance.test"
 echo "CRANE_BIN=$crane_dir/crane"
