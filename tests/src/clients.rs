@@ -39,7 +39,11 @@ impl ContainersConfig {
     fn new() -> Self {
         let dir = tempfile::Builder::new().prefix("it-client-").tempdir().unwrap();
         std::fs::write(dir.path().join("policy.json"), br#"{"default":[{"type":"insecureAcceptAnything"}]}"#).unwrap();
-        std::fs::write(dir.path().join("registries.conf"), "unqualified-search-registries = []\nshort-name-mode = \"disabled\"\n").unwrap();
+        std::fs::write(
+            dir.path().join("registries.conf"),
+            "unqualified-search-registries = []\nshort-name-mode = \"disabled\"\n",
+        )
+        .unwrap();
         std::fs::write(dir.path().join("auth.json"), "{}").unwrap();
         std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
         Self { dir }
@@ -98,7 +102,8 @@ impl Skopeo {
         if all {
             args.push("--all");
         }
-        let src = if docker_ref.starts_with("docker://") { docker_ref.to_owned() } else { format!("docker://{docker_ref}") };
+        let src =
+            if docker_ref.starts_with("docker://") { docker_ref.to_owned() } else { format!("docker://{docker_ref}") };
         args.push(&src);
         args.push(&dest);
         self.run(&args)

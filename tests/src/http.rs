@@ -104,13 +104,7 @@ impl Http {
         rt().block_on(self.fetch_async(method, url, headers, keep_body))
     }
 
-    pub async fn fetch_async(
-        &self,
-        method: Method,
-        url: &str,
-        headers: &[(&str, &str)],
-        keep_body: bool,
-    ) -> Resp {
+    pub async fn fetch_async(&self, method: Method, url: &str, headers: &[(&str, &str)], keep_body: bool) -> Resp {
         let start = Instant::now();
         let mut req = self.client.request(method.clone(), url);
         for (k, v) in headers {
@@ -163,12 +157,11 @@ impl Http {
                 }
             }
         }
-        if error.is_none() {
-            if let Some(n) = announced {
-                if n != len {
-                    error = Some(format!("body has {len} bytes, Content-Length announced {n}"));
-                }
-            }
+        if error.is_none()
+            && let Some(n) = announced
+            && n != len
+        {
+            error = Some(format!("body has {len} bytes, Content-Length announced {n}"));
         }
         Resp {
             status,
@@ -196,7 +189,8 @@ pub fn raw_request(host: &str, method: &str, target: &str) -> (u16, Vec<(String,
     let head = String::from_utf8_lossy(&buf[..split]).into_owned();
     let mut body = buf[split + 4..].to_vec();
     let mut lines = head.lines();
-    let status: u16 = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).expect("status line");
+    let status: u16 =
+        lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).expect("status line");
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
@@ -209,9 +203,9 @@ pub fn raw_request(host: &str, method: &str, target: &str) -> (u16, Vec<(String,
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(i) = b.windows(2).position(|w| w == b"\r\n") else { break };
-        let size = usize::from_str_radix(String::from_utf8_lossy(&b[..i]).split(';').next().unwrap().trim(), 16).unwrap_or(0);
+    while let Some(i) = b.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&b[..i]).split(';').next().unwrap().trim(), 16).unwrap_or(0);
         if size == 0 {
             break;
         }

@@ -12,7 +12,6 @@ use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
-use sha2::Digest;
 
 use crate::{PseudoRandom, Skopeo, sha256_digest};
 
@@ -49,7 +48,13 @@ pub struct Blob {
 
 impl Blob {
     fn mem(media_type: &str, data: Vec<u8>, diff_id: String) -> Self {
-        Self { media_type: media_type.into(), digest: sha256_digest(&data), size: data.len() as u64, diff_id, data: BlobData::Mem(data) }
+        Self {
+            media_type: media_type.into(),
+            digest: sha256_digest(&data),
+            size: data.len() as u64,
+            diff_id,
+            data: BlobData::Mem(data),
+        }
     }
 
     /// A gzip-compressed tar layer holding `files` (path, contents).
@@ -66,36 +71,32 @@ impl Blob {
     }
 
     /// An uncompressed tar layer of at least `size` bytes written straight to `path` (streamed,
-    /// never held in memory): one file of pseudo-random bytes.
+    /// never held in memory): one file of pseudo-random bytes. The digest is computed by
+    /// `openssl dgst` (or `sha256sum`), because a debug build's sha256 takes over a minute a GiB.
     pub fn big_layer_file(path: &Path, size: u64, docker: bool) -> Self {
         let payload = size.saturating_sub(1536).max(1);
         let mut out = BufWriter::with_capacity(1 << 20, File::create(path).unwrap());
-        let mut hasher = sha2::Sha256::new();
-        let mut total = 0u64;
-        let mut put = |bytes: &[u8], out: &mut BufWriter<File>| {
-            hasher.update(bytes);
-            out.write_all(bytes).unwrap();
-            total += bytes.len() as u64;
-        };
-        put(&tar_header("big.bin", payload), &mut out);
-        let mut rng = PseudoRandom::new(0xB16);
-        let mut buf = vec![0u8; 1 << 20];
+        out.write_all(&tar_header("big.bin", payload)).unwrap();
+        // One pseudo-random MiB, stamped with its block number so no two blocks are equal.
+        let mut buf = PseudoRandom::bytes(0xB16, 1 << 20);
         let mut left = payload;
+        let mut block = 0u64;
         while left > 0 {
             let n = left.min(buf.len() as u64) as usize;
-            rng.fill(&mut buf[..n]);
-            put(&buf[..n], &mut out);
+            buf[..8].copy_from_slice(&block.to_le_bytes());
+            out.write_all(&buf[..n]).unwrap();
             left -= n as u64;
+            block += 1;
         }
         let pad = (512 - (payload % 512) as usize) % 512;
-        put(&vec![0u8; pad + 1024], &mut out);
+        out.write_all(&vec![0u8; pad + 1024]).unwrap();
         out.flush().unwrap();
         drop(out);
-        let digest = format!("sha256:{}", hex::encode(hasher.finalize()));
+        let digest = file_sha256(path);
         Self {
             media_type: if docker { DOCKER_LAYER_TAR } else { OCI_LAYER_TAR }.into(),
             digest: digest.clone(),
-            size: total,
+            size: std::fs::metadata(path).unwrap().len(),
             diff_id: digest,
             data: BlobData::File(path.to_owned()),
         }
@@ -182,7 +183,11 @@ impl Image {
         if let Some(v) = &platform.variant {
             config["variant"] = json!(v);
         }
-        let config = Blob::mem(if docker { DOCKER_CONFIG } else { OCI_CONFIG }, serde_json::to_vec(&config).unwrap(), String::new());
+        let config = Blob::mem(
+            if docker { DOCKER_CONFIG } else { OCI_CONFIG },
+            serde_json::to_vec(&config).unwrap(),
+            String::new(),
+        );
         let media_type = if docker { DOCKER_MANIFEST } else { OCI_MANIFEST };
         let manifest = serde_json::to_vec(&json!({
             "schemaVersion": 2,
@@ -223,7 +228,8 @@ impl Index {
             .iter()
             .map(|i| json!({"mediaType": i.media_type, "digest": i.digest, "size": i.manifest.len(), "platform": i.platform.json()}))
             .collect();
-        let bytes = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": media_type, "manifests": manifests})).unwrap();
+        let bytes =
+            serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": media_type, "manifests": manifests})).unwrap();
         let digest = sha256_digest(&bytes);
         Self { images, bytes, media_type: media_type.into(), digest }
     }
@@ -393,6 +399,20 @@ fn tar_header(name: &str, size: u64) -> [u8; 512] {
     let s = format!("{sum:06o}\0 ");
     h[148..156].copy_from_slice(s.as_bytes());
     h
+}
+
+/// `sha256:<hex>` of a file, by `openssl dgst -sha256` or else `sha256sum`.
+pub fn file_sha256(path: &Path) -> String {
+    let out = std::process::Command::new("openssl").args(["dgst", "-sha256", "-r"]).arg(path).output();
+    let out = match out {
+        Ok(o) if o.status.success() => o,
+        _ => std::process::Command::new("sha256sum").arg(path).output().expect("run sha256sum"),
+    };
+    assert!(out.status.success(), "hashing {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hex = text.split_whitespace().next().unwrap_or_default();
+    assert_eq!(hex.len(), 64, "unexpected hash output {text:?}");
+    format!("sha256:{hex}")
 }
 
 /// Deterministic gzip (no name, mtime 0).

@@ -106,7 +106,13 @@ pub struct FaultRule {
 impl FaultRule {
     /// Every GET of the blob `digest`.
     pub fn blob(digest: &str, fault: Fault) -> Self {
-        Self { kind: Some(Kind::Blob), method: Some(http::Method::GET), reference: Some(digest.into()), times: None, fault }
+        Self {
+            kind: Some(Kind::Blob),
+            method: Some(http::Method::GET),
+            reference: Some(digest.into()),
+            times: None,
+            fault,
+        }
     }
     /// Every request (GET and HEAD) for manifests.
     pub fn manifests(fault: Fault) -> Self {
@@ -315,7 +321,10 @@ impl Shim {
 
     /// Requests that got past auth (status other than 401) of any blob or manifest kind.
     pub fn content_requests(&self) -> Vec<Record> {
-        self.records().into_iter().filter(|r| matches!(r.kind, Kind::Blob | Kind::Manifest) && r.status != 401).collect()
+        self.records()
+            .into_iter()
+            .filter(|r| matches!(r.kind, Kind::Blob | Kind::Manifest) && r.status != 401)
+            .collect()
     }
 
     /// Requests the CDN listener served.
@@ -369,9 +378,7 @@ fn listen(state: Arc<State>, ip: &str, port: u16, role: Role) -> AbortHandle {
             let state = state.clone();
             conns.spawn(async move {
                 let svc = hyper::service::service_fn(move |req| handle(state.clone(), role, req));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
             });
             while conns.try_join_next().is_some() {}
         }
@@ -471,12 +478,11 @@ async fn respond(
     if kind == Kind::Token {
         return Ok(token_endpoint(state, &opts, &req));
     }
-    if role == Role::Main {
-        if let Some(auth) = &opts.auth {
-            if let Some(challenge) = check_bearer(state, auth, kind, name, &req) {
-                return Ok(challenge);
-            }
-        }
+    if role == Role::Main
+        && let Some(auth) = &opts.auth
+        && let Some(challenge) = check_bearer(state, auth, kind, name, &req)
+    {
+        return Ok(challenge);
     }
     // Faults.
     let method = req.method().clone();
@@ -532,10 +538,7 @@ async fn respond(
         }
         up = up.header(k, v);
     }
-    let body = http_body_util::BodyExt::collect(req.into_body())
-        .await
-        .map_err(std::io::Error::other)?
-        .to_bytes();
+    let body = http_body_util::BodyExt::collect(req.into_body()).await.map_err(std::io::Error::other)?.to_bytes();
     if !body.is_empty() {
         up = up.body(body);
     }
@@ -615,20 +618,20 @@ fn faulty(
                     data[(f - offset) as usize] ^= 0xFF;
                 }
             }
-            if let Some(cut) = cut_at {
-                if offset + data.len() as u64 >= cut {
-                    data.truncate((cut - offset) as usize);
-                    hasher.update(&data);
-                    if !data.is_empty() {
-                        let _ = tx.send(Ok(Bytes::from(data))).await;
-                    }
-                    state.bad_bodies.lock().unwrap().push(format!("sha256:{}", hex::encode(hasher.finalize())));
-                    // Give the bytes a moment to leave, then fail the body: hyper drops the
-                    // connection with the response incomplete.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    let _ = tx.send(Err(std::io::Error::other("injected cut"))).await;
-                    return;
+            if let Some(cut) = cut_at
+                && offset + data.len() as u64 >= cut
+            {
+                data.truncate((cut - offset) as usize);
+                hasher.update(&data);
+                if !data.is_empty() {
+                    let _ = tx.send(Ok(Bytes::from(data))).await;
                 }
+                state.bad_bodies.lock().unwrap().push(format!("sha256:{}", hex::encode(hasher.finalize())));
+                // Give the bytes a moment to leave, then fail the body: hyper drops the
+                // connection with the response incomplete.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let _ = tx.send(Err(std::io::Error::other("injected cut"))).await;
+                return;
             }
             hasher.update(&data);
             offset += data.len() as u64;
@@ -680,7 +683,13 @@ fn challenge(state: &State, auth: &AuthOptions, name: Option<&str>, error: &str)
 }
 
 /// `None` when the request carries a valid token for what it asks; else the 401 challenge.
-fn check_bearer(state: &State, auth: &AuthOptions, kind: Kind, name: Option<&str>, req: &Request<Incoming>) -> Option<Resp> {
+fn check_bearer(
+    state: &State,
+    auth: &AuthOptions,
+    kind: Kind,
+    name: Option<&str>,
+    req: &Request<Incoming>,
+) -> Option<Resp> {
     if kind == Kind::Other && name.is_none() {
         return None;
     }
@@ -736,11 +745,7 @@ fn token_endpoint(state: &State, opts: &ShimOptions, req: &Request<Incoming>) ->
     }
     let seq = state.token_seq.fetch_add(1, Ordering::SeqCst);
     let token = format!("tok-{}-{seq}", state.port);
-    state
-        .tokens
-        .lock()
-        .unwrap()
-        .insert(token.clone(), Token { scopes, expires: Instant::now() + auth.token_ttl });
+    state.tokens.lock().unwrap().insert(token.clone(), Token { scopes, expires: Instant::now() + auth.token_ttl });
     let body = serde_json::json!({
         "token": token,
         "access_token": token,
@@ -756,12 +761,13 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;
@@ -786,4 +792,3 @@ fn rfc3339_now() -> String {
     let y = if m <= 2 { y + 1 } else { y };
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
-

@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use integration_tests::image;
+use integration_tests::shim;
 use integration_tests::shim::{AuthOptions, ShimOptions};
 use integration_tests::*;
-use integration_tests::shim;
 
 fn auth_env(basic: Option<(&str, &str)>, proxy_creds: Option<(&str, &str)>, ttl: Duration, redirect: bool) -> Env {
     let auth = AuthOptions { basic: basic.map(|(u, p)| (u.into(), p.into())), token_ttl: ttl, ..Default::default() };
@@ -27,7 +27,9 @@ fn anonymous_bearer_flow_with_skopeo() {
     let img = Image::simple("auth-anon", false);
     env.seed(img.clone(), "test/private", "v1");
     let out = tempfile::tempdir().unwrap();
-    Skopeo::new().copy_to_dir(&format!("{}:v1", env.proxy.image_ref("test/private")), &out.path().join("d"), false).unwrap();
+    Skopeo::new()
+        .copy_to_dir(&format!("{}:v1", env.proxy.image_ref("test/private")), &out.path().join("d"), false)
+        .unwrap();
     assert_eq!(std::fs::read(out.path().join("d/manifest.json")).unwrap(), img.manifest);
     for b in std::iter::once(&img.config).chain(&img.layers) {
         assert_eq!(env.shim.blob_gets(&b.digest), 1);
@@ -36,7 +38,10 @@ fn anonymous_bearer_flow_with_skopeo() {
     assert_eq!(tokens.len(), 1, "one scope, one token (cached until expires_in): {tokens:#?}");
     let q = tokens[0].query.clone().unwrap_or_default();
     assert!(q.contains("service=test-registry"), "token request {q}");
-    assert!(q.contains("scope=repository%3Atest%2Fprivate%3Apull") || q.contains("scope=repository:test/private:pull"), "token request {q}");
+    assert!(
+        q.contains("scope=repository%3Atest%2Fprivate%3Apull") || q.contains("scope=repository:test/private:pull"),
+        "token request {q}"
+    );
     assert!(tokens[0].authorization.is_none(), "anonymous: no credentials sent to the token service");
     // Every content request that got through carried the Bearer token.
     for r in env.shim.content_requests() {
@@ -81,7 +86,11 @@ fn wrong_credentials_give_an_oci_error_not_a_404() {
     let env = auth_env(Some(("alice", "s3cret")), Some(("alice", "wrong")), Duration::from_secs(300), false);
     let img = Image::simple("auth-wrong", false);
     env.seed(img.clone(), "test/private", "v1");
-    let r = Http::new().request(reqwest::Method::GET, &env.proxy.manifest_url("test/private", "v1"), &[("accept", image::ACCEPT_ALL)]);
+    let r = Http::new().request(
+        reqwest::Method::GET,
+        &env.proxy.manifest_url("test/private", "v1"),
+        &[("accept", image::ACCEPT_ALL)],
+    );
     assert!(matches!(r.status, 401 | 403 | 502), "status {} body {}", r.status, r.text());
     assert_eq!(r.header("content-type").as_deref().map(|c| c.starts_with("application/json")), Some(true));
     let code = r.oci_error_code();
@@ -127,7 +136,9 @@ fn blob_redirect_to_cdn_without_authorization() {
     let img = Image::simple("auth-cdn", false);
     env.seed(img.clone(), "test/private", "v1");
     let out = tempfile::tempdir().unwrap();
-    Skopeo::new().copy_to_dir(&format!("{}:v1", env.proxy.image_ref("test/private")), &out.path().join("d"), false).unwrap();
+    Skopeo::new()
+        .copy_to_dir(&format!("{}:v1", env.proxy.image_ref("test/private")), &out.path().join("d"), false)
+        .unwrap();
     for b in std::iter::once(&img.config).chain(&img.layers) {
         assert_eq!(std::fs::read(out.path().join("d").join(&b.digest[7..])).unwrap(), b.bytes());
     }
@@ -138,7 +149,9 @@ fn blob_redirect_to_cdn_without_authorization() {
     }
     // The redirect was followed once per blob, and from cache afterwards.
     let out2 = tempfile::tempdir().unwrap();
-    Skopeo::new().copy_to_dir(&format!("{}:v1", env.proxy.image_ref("test/private")), &out2.path().join("d"), false).unwrap();
+    Skopeo::new()
+        .copy_to_dir(&format!("{}:v1", env.proxy.image_ref("test/private")), &out2.path().join("d"), false)
+        .unwrap();
     assert_eq!(env.shim.cdn_records().len(), 3);
 }
 

@@ -13,7 +13,12 @@ const LAYER: usize = 2 << 20;
 fn env_with_big_layer(label: &str) -> (Env, Image, Blob) {
     let env = Env::new();
     let layer = Blob::random_layer(99, LAYER, false);
-    let img = Image::new(Platform::amd64(), vec![Blob::layer(&[("f", label.as_bytes())], false), layer.clone()], false, label);
+    let img = Image::new(
+        Platform::amd64(),
+        vec![Blob::layer(&[("f", label.as_bytes())], false), layer.clone()],
+        false,
+        label,
+    );
     env.seed(img.clone(), "test/faults", "v1");
     (env, img, layer)
 }
@@ -38,7 +43,12 @@ fn cut_mid_blob_aborts_the_client_and_caches_nothing() {
     let url = env.proxy.blob_url("test/faults", &layer.digest);
     env.shim.add_fault(FaultRule::blob(&layer.digest, Fault::CutAfterPercent(50)).times(1));
     let r = http.get(&url);
-    assert!(!r.complete() || r.status >= 500, "a cut upstream must not give a complete 2xx body: {} {} bytes", r.status, r.len);
+    assert!(
+        !r.complete() || r.status >= 500,
+        "a cut upstream must not give a complete 2xx body: {} {} bytes",
+        r.status,
+        r.len
+    );
     assert!(r.len < layer.size, "client received {} of {} bytes", r.len, layer.size);
     assert_ne!(r.digest, layer.digest);
     assert_no_bad_bytes_stored(&env);
@@ -61,7 +71,12 @@ fn corrupted_bytes_never_complete_and_are_not_cached() {
     env.shim.add_fault(FaultRule::blob(&layer.digest, Fault::FlipBytes).times(1));
     let r = http.get(&url);
     assert!(!r.complete(), "corrupted blob delivered as a complete body ({} bytes, status {})", r.len, r.status);
-    assert!(r.len < layer.size, "the final byte must be withheld until the digest verifies: got {} of {}", r.len, layer.size);
+    assert!(
+        r.len < layer.size,
+        "the final byte must be withheld until the digest verifies: got {} of {}",
+        r.len,
+        layer.size
+    );
     assert_no_bad_bytes_stored(&env);
 
     let r = http.get(&url);
@@ -80,7 +95,10 @@ fn corrupted_layer_fails_skopeo_then_a_retry_pulls_clean() {
     // skopeo retries some failures by itself; either it fails, or what it stored is intact.
     match skopeo.copy_to_dir(&src, &out.path().join("1"), false) {
         Err(_) => {}
-        Ok(_) => assert_eq!(sha256_digest(&std::fs::read(out.path().join("1").join(&layer.digest[7..])).unwrap()), layer.digest),
+        Ok(_) => assert_eq!(
+            sha256_digest(&std::fs::read(out.path().join("1").join(&layer.digest[7..])).unwrap()),
+            layer.digest
+        ),
     }
     skopeo.copy_to_dir(&src, &out.path().join("2"), false).unwrap();
     assert_eq!(std::fs::read(out.path().join("2/manifest.json")).unwrap(), img.manifest);
@@ -92,7 +110,11 @@ fn too_many_requests_is_passed_through_with_retry_after() {
     let (env, img, layer) = env_with_big_layer("429");
     let http = Http::new();
     env.shim.add_fault(FaultRule::all(Fault::TooManyRequests { retry_after_secs: 17 }));
-    let r = http.request(reqwest::Method::GET, &env.proxy.manifest_url("test/faults", "v1"), &[("accept", image::ACCEPT_ALL)]);
+    let r = http.request(
+        reqwest::Method::GET,
+        &env.proxy.manifest_url("test/faults", "v1"),
+        &[("accept", image::ACCEPT_ALL)],
+    );
     assert_eq!(r.status, 429, "uncached manifest under 429: {}", r.text());
     assert_eq!(r.header("retry-after").as_deref(), Some("17"));
     assert_eq!(r.oci_error_code(), "TOOMANYREQUESTS");
@@ -100,7 +122,11 @@ fn too_many_requests_is_passed_through_with_retry_after() {
     assert_eq!(r.status, 429, "uncached blob under 429");
     assert_eq!(r.header("retry-after").as_deref(), Some("17"));
     assert_eq!(r.oci_error_code(), "TOOMANYREQUESTS");
-    let r = http.request(reqwest::Method::HEAD, &env.proxy.manifest_url("test/faults", &img.digest), &[("accept", image::ACCEPT_ALL)]);
+    let r = http.request(
+        reqwest::Method::HEAD,
+        &env.proxy.manifest_url("test/faults", &img.digest),
+        &[("accept", image::ACCEPT_ALL)],
+    );
     assert_eq!(r.status, 429, "HEAD of an uncached manifest under 429");
     assert_eq!(r.header("retry-after").as_deref(), Some("17"));
 }
@@ -110,7 +136,11 @@ fn unavailable_upstream_gives_502_or_503_for_uncached_content() {
     let (env, _img, layer) = env_with_big_layer("503");
     let http = Http::new();
     env.shim.add_fault(FaultRule::all(Fault::Unavailable));
-    let r = http.request(reqwest::Method::GET, &env.proxy.manifest_url("test/faults", "v1"), &[("accept", image::ACCEPT_ALL)]);
+    let r = http.request(
+        reqwest::Method::GET,
+        &env.proxy.manifest_url("test/faults", "v1"),
+        &[("accept", image::ACCEPT_ALL)],
+    );
     assert!(matches!(r.status, 502 | 503), "status {}: {}", r.status, r.text());
     r.oci_error_code();
     let r = http.get(&env.proxy.blob_url("test/faults", &layer.digest));
@@ -177,7 +207,11 @@ fn upstream_stopped_cached_tag_and_digest_still_pull() {
     assert_eq!(std::fs::read(out.path().join("digest/manifest.json")).unwrap(), img.manifest);
 
     let http = Http::new();
-    let r = http.request(reqwest::Method::GET, &env.proxy.manifest_url("test/other", "v1"), &[("accept", image::ACCEPT_ALL)]);
+    let r = http.request(
+        reqwest::Method::GET,
+        &env.proxy.manifest_url("test/other", "v1"),
+        &[("accept", image::ACCEPT_ALL)],
+    );
     assert!(matches!(r.status, 502 | 503), "uncached manifest with the upstream down: {} {}", r.status, r.text());
     r.oci_error_code();
     let r = http.get(&env.proxy.blob_url("test/other", &other.layers[0].digest));
@@ -185,7 +219,11 @@ fn upstream_stopped_cached_tag_and_digest_still_pull() {
     assert!(env.proxy.metric("dependency_proxy_stale_serves_total", &[]) >= 1.0);
 
     env.shim.resume();
-    let r = http.request(reqwest::Method::GET, &env.proxy.manifest_url("test/other", "v1"), &[("accept", image::ACCEPT_ALL)]);
+    let r = http.request(
+        reqwest::Method::GET,
+        &env.proxy.manifest_url("test/other", "v1"),
+        &[("accept", image::ACCEPT_ALL)],
+    );
     assert_eq!((r.status, r.body == other.manifest), (200, true), "after the upstream is back: {}", r.text());
 }
 
@@ -224,7 +262,12 @@ fn concurrent_cold_pulls_make_one_upstream_request() {
         futures::future::join_all(futs).await
     });
     for (i, r) in results.iter().enumerate() {
-        assert_eq!((r.status, r.digest.as_str(), r.len), (200, layer.digest.as_str(), layer.size), "client {i}: {:?}", r.error);
+        assert_eq!(
+            (r.status, r.digest.as_str(), r.len),
+            (200, layer.digest.as_str(), layer.size),
+            "client {i}: {:?}",
+            r.error
+        );
     }
     assert_eq!(env.shim.blob_gets(&layer.digest), 1, "concurrent cold pulls of one blob");
     assert_eq!(inflight(&env), 0.0);
@@ -245,7 +288,11 @@ fn unasked_gzip_encoding_never_reaches_client_or_cache() {
     }
     let gets = env.shim.records().into_iter().filter(|r| r.kind == Kind::Blob && r.method == "GET").collect::<Vec<_>>();
     for g in &gets {
-        assert!(matches!(g.accept_encoding.as_deref(), None | Some("identity")), "proxy asked for {:?}", g.accept_encoding);
+        assert!(
+            matches!(g.accept_encoding.as_deref(), None | Some("identity")),
+            "proxy asked for {:?}",
+            g.accept_encoding
+        );
     }
     assert_no_bad_bytes_stored(&env);
     let r = http.get(&url);

@@ -43,13 +43,21 @@ fn index_and_manifest_list_push_with_exact_digests() {
     Artifact::from(docker.clone()).push(&reg.host(), "test/list", "v1");
     let http = Http::new();
     for (name, idx, mt) in [("test/multi", &oci, OCI_INDEX), ("test/list", &docker, DOCKER_LIST)] {
-        let r = http.request(reqwest::Method::GET, &format!("{}/v2/{name}/manifests/v1", reg.url()), &[("accept", image::ACCEPT_ALL)]);
+        let r = http.request(
+            reqwest::Method::GET,
+            &format!("{}/v2/{name}/manifests/v1", reg.url()),
+            &[("accept", image::ACCEPT_ALL)],
+        );
         assert_eq!(r.status, 200);
         assert_eq!(r.header("content-type").as_deref(), Some(mt));
         assert_eq!(r.header("docker-content-digest").as_deref(), Some(idx.digest.as_str()));
         assert_eq!(r.body, idx.bytes);
         for img in &idx.images {
-            let r = http.request(reqwest::Method::GET, &format!("{}/v2/{name}/manifests/{}", reg.url(), img.digest), &[("accept", image::ACCEPT_ALL)]);
+            let r = http.request(
+                reqwest::Method::GET,
+                &format!("{}/v2/{name}/manifests/{}", reg.url(), img.digest),
+                &[("accept", image::ACCEPT_ALL)],
+            );
             assert_eq!(r.body, img.manifest);
         }
     }
@@ -70,14 +78,20 @@ fn bearer_challenge_and_token_service() {
     let (reg, img) = seeded();
     let shim = Shim::with_options(
         &reg.url(),
-        ShimOptions { auth: Some(AuthOptions { basic: Some(("alice".into(), "s3cret".into())), ..Default::default() }), redirect_blobs: false },
+        ShimOptions {
+            auth: Some(AuthOptions { basic: Some(("alice".into(), "s3cret".into())), ..Default::default() }),
+            redirect_blobs: false,
+        },
     );
     let http = Http::new();
     let r = http.get(&format!("{}/v2/test/simple/manifests/v1", shim.url()));
     assert_eq!(r.status, 401);
     assert_eq!(
         r.header("www-authenticate").unwrap(),
-        format!("Bearer realm=\"{}/token\",service=\"test-registry\",scope=\"repository:test/simple:pull\"", shim.url())
+        format!(
+            "Bearer realm=\"{}/token\",service=\"test-registry\",scope=\"repository:test/simple:pull\"",
+            shim.url()
+        )
     );
     // Wrong credentials are refused by the token service, and so skopeo fails.
     let skopeo = Skopeo::new();

@@ -42,7 +42,11 @@ fn single_arch_image_with_skopeo_is_byte_identical() {
     }
 
     // Headers of the manifest as served.
-    let r = Http::new().request(reqwest::Method::GET, &env.proxy.manifest_url("test/single", "v1"), &[("accept", image::ACCEPT_ALL)]);
+    let r = Http::new().request(
+        reqwest::Method::GET,
+        &env.proxy.manifest_url("test/single", "v1"),
+        &[("accept", image::ACCEPT_ALL)],
+    );
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type").as_deref(), Some(OCI_MANIFEST));
     assert_eq!(r.header("docker-content-digest").as_deref(), Some(img.digest.as_str()));
@@ -93,13 +97,19 @@ fn oci_index_with_two_platforms_copy_all() {
             assert_eq!(env.shim.blob_gets(&l.digest), 1);
         }
     }
-    let r = Http::new().request(reqwest::Method::GET, &env.proxy.manifest_url("test/multi", "v1"), &[("accept", image::ACCEPT_ALL)]);
+    let r = Http::new().request(
+        reqwest::Method::GET,
+        &env.proxy.manifest_url("test/multi", "v1"),
+        &[("accept", image::ACCEPT_ALL)],
+    );
     assert_eq!(r.header("content-type").as_deref(), Some(OCI_INDEX));
     assert_eq!(r.header("docker-content-digest").as_deref(), Some(idx.digest.as_str()));
     // Without --all skopeo picks linux/amd64 only.
     let env2 = Env::new();
     env2.seed(idx.clone(), "test/multi", "v1");
-    skopeo.copy_to_dir(&format!("{}:v1", env2.proxy.image_ref("test/multi")), &out.path().join("amd64"), false).unwrap();
+    skopeo
+        .copy_to_dir(&format!("{}:v1", env2.proxy.image_ref("test/multi")), &out.path().join("amd64"), false)
+        .unwrap();
     assert_eq!(std::fs::read(out.path().join("amd64/manifest.json")).unwrap(), idx.images[0].manifest);
     assert_eq!(env2.shim.blob_gets(&idx.images[1].layers[0].digest), 0);
 }
@@ -116,13 +126,21 @@ fn docker_manifest_list_copy_all() {
     let images: Vec<&Image> = idx.images.iter().collect();
     assert_dir_copy(&out.path().join("d"), &art, &images);
     let http = Http::new();
-    let r = http.request(reqwest::Method::GET, &env.proxy.manifest_url("test/list", "v1"), &[("accept", image::ACCEPT_ALL)]);
+    let r = http.request(
+        reqwest::Method::GET,
+        &env.proxy.manifest_url("test/list", "v1"),
+        &[("accept", image::ACCEPT_ALL)],
+    );
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type").as_deref(), Some(DOCKER_LIST));
     assert_eq!(r.header("docker-content-digest").as_deref(), Some(idx.digest.as_str()));
     assert_eq!(r.body, idx.bytes);
     let child = &idx.images[1];
-    let r = http.request(reqwest::Method::GET, &env.proxy.manifest_url("test/list", &child.digest), &[("accept", image::ACCEPT_ALL)]);
+    let r = http.request(
+        reqwest::Method::GET,
+        &env.proxy.manifest_url("test/list", &child.digest),
+        &[("accept", image::ACCEPT_ALL)],
+    );
     assert_eq!(r.header("content-type").as_deref(), Some(image::DOCKER_MANIFEST));
     assert_eq!(r.body, child.manifest);
 }
@@ -239,7 +257,11 @@ fn mirror_mode_routes_with_and_without_ns() {
         assert_eq!((r.status, r.digest.as_str()), (200, img.layers[0].digest.as_str()), "GET {url}");
     }
     // Group mode keeps working next to mirror mode.
-    let r = http.request(reqwest::Method::GET, &env.proxy.manifest_url("test/single", "v1"), &[("accept", image::ACCEPT_ALL)]);
+    let r = http.request(
+        reqwest::Method::GET,
+        &env.proxy.manifest_url("test/single", "v1"),
+        &[("accept", image::ACCEPT_ALL)],
+    );
     assert_eq!(r.status, 200);
     assert_eq!(env.shim.blob_gets(&img.layers[0].digest), 1);
 }
