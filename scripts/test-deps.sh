@@ -15,6 +15,7 @@ declare -A PKGS=(
   [uidmap]=/usr/bin/newuidmap                  # podman's user-namespace helpers
   [tar]=/bin/tar
   [jq]=/usr/bin/jq
+  [openssl]=/usr/bin/openssl                   # fast sha256 of the 1 GiB test layer
   [ca-certificates]=/etc/ssl/certs/ca-certificates.crt
 )
 

@@ -77,6 +77,8 @@ pub enum Fault {
     Status(u16),
     /// Stream the body at about this many bytes per second.
     Trickle { bytes_per_sec: u64 },
+    /// Stream at about `bytes_per_sec` and apply `then` (a cut or flip) on the way.
+    Slow { bytes_per_sec: u64, then: Box<Fault> },
     /// Gzip the body and add `Content-Encoding: gzip` although nobody asked for it.
     GzipUnasked,
     /// Wait this long before answering normally.
@@ -87,7 +89,14 @@ pub enum Fault {
 
 impl Fault {
     fn is_body_fault(&self) -> bool {
-        matches!(self, Fault::CutAfterPercent(_) | Fault::FlipBytes | Fault::Trickle { .. } | Fault::GzipUnasked)
+        matches!(
+            self,
+            Fault::CutAfterPercent(_)
+                | Fault::FlipBytes
+                | Fault::Trickle { .. }
+                | Fault::Slow { .. }
+                | Fault::GzipUnasked
+        )
     }
 }
 
@@ -587,17 +596,18 @@ fn faulty(
     len: u64,
     state: Arc<State>,
 ) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    let (trickle, fault) = match fault {
+        Fault::Trickle { bytes_per_sec } => (Some(bytes_per_sec.max(20)), None),
+        Fault::Slow { bytes_per_sec, then } => (Some(bytes_per_sec.max(20)), Some(*then)),
+        f => (None, Some(f)),
+    };
     let cut_at = match fault {
-        Fault::CutAfterPercent(p) => Some(len * u64::from(p) / 100),
+        Some(Fault::CutAfterPercent(p)) => Some(len * u64::from(p) / 100),
         _ => None,
     };
     let flips = match fault {
-        Fault::FlipBytes => vec![len / 2, len.saturating_sub(1)],
+        Some(Fault::FlipBytes) => vec![len / 2, len.saturating_sub(1)],
         _ => vec![],
-    };
-    let trickle = match fault {
-        Fault::Trickle { bytes_per_sec } => Some(bytes_per_sec.max(20)),
-        _ => None,
     };
     let altered = cut_at.is_some() || !flips.is_empty();
     async_stream(move |tx| async move {

@@ -298,3 +298,130 @@ fn unasked_gzip_encoding_never_reaches_client_or_cache() {
     let r = http.get(&url);
     assert_eq!((r.status, r.digest.as_str(), r.header("content-encoding")), (200, layer.digest.as_str(), None));
 }
+
+/// Several clients wait on one in-flight download that the upstream cuts (or corrupts): every
+/// one of them is aborted, none gets a complete body, nothing is cached.
+fn concurrent_clients_share_the_failure(fault: Fault, label: &str) {
+    let (env, _img, layer) = env_with_big_layer(label);
+    env.shim.add_fault(
+        FaultRule::blob(&layer.digest, Fault::Slow { bytes_per_sec: 1024 * 1024, then: Box::new(fault) }).times(1),
+    );
+    let url = env.proxy.blob_url("test/faults", &layer.digest);
+    let http = Http::new();
+    let results = rt().block_on(async {
+        let futs = (0..4).map(|i| {
+            let http = http.clone();
+            let url = url.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(150 * i)).await;
+                http.fetch_async(reqwest::Method::GET, &url, &[], false).await
+            }
+        });
+        futures::future::join_all(futs).await
+    });
+    let upstream_gets = env.shim.blob_gets(&layer.digest);
+    for (i, r) in results.iter().enumerate() {
+        if r.complete() && r.status == 200 {
+            // Only possible if the proxy fetched again after the failure (then it must be right).
+            assert_eq!(r.digest, layer.digest, "client {i} got a complete body with bad bytes");
+            assert!(upstream_gets > 1, "client {i} complete although the only upstream transfer failed");
+        } else {
+            assert!(r.len < layer.size, "client {i}: {} of {} bytes", r.len, layer.size);
+        }
+    }
+    assert_no_bad_bytes_stored(&env);
+    let r = http.get(&url);
+    assert_eq!((r.status, r.digest.as_str()), (200, layer.digest.as_str()));
+    assert_eq!(inflight(&env), 0.0);
+}
+
+#[test]
+fn concurrent_clients_of_a_cut_download_are_all_aborted() {
+    concurrent_clients_share_the_failure(Fault::CutAfterPercent(60), "conc-cut");
+}
+
+#[test]
+fn concurrent_clients_of_a_corrupt_download_are_all_aborted() {
+    concurrent_clients_share_the_failure(Fault::FlipBytes, "conc-flip");
+}
+
+#[test]
+fn corrupted_manifest_is_never_served() {
+    let (env, img, _layer) = env_with_big_layer("bad-manifest");
+    let http = Http::new();
+    for reference in [img.digest.clone(), "v1".to_owned()] {
+        env.shim.clear_faults();
+        env.shim.add_fault(FaultRule {
+            kind: Some(Kind::Manifest),
+            method: Some(reqwest::Method::GET),
+            reference: Some(reference.clone()),
+            times: None,
+            fault: Fault::FlipBytes,
+        });
+        let url = env.proxy.manifest_url("test/faults", &reference);
+        let r = http.request(reqwest::Method::GET, &url, &[("accept", image::ACCEPT_ALL)]);
+        assert!(
+            !(r.status == 200 && r.complete() && r.body != img.manifest),
+            "manifest {reference}: corrupted bytes served with 200"
+        );
+        assert!(r.status != 200 || r.body == img.manifest, "manifest {reference}: status {} {}", r.status, r.text());
+    }
+    env.shim.clear_faults();
+    assert_no_bad_bytes_stored(&env);
+    let r = http.request(
+        reqwest::Method::GET,
+        &env.proxy.manifest_url("test/faults", "v1"),
+        &[("accept", image::ACCEPT_ALL)],
+    );
+    assert_eq!((r.status, r.body == img.manifest), (200, true));
+}
+
+#[test]
+fn sigterm_during_a_download_commits_nothing_partial() {
+    let (mut env, _img, layer) = env_with_big_layer("sigterm-mid");
+    // About 4 s upstream.
+    env.shim.add_fault(FaultRule::blob(&layer.digest, Fault::Trickle { bytes_per_sec: 512 * 1024 }).times(1));
+    let url = env.proxy.blob_url("test/faults", &layer.digest);
+    let client = {
+        let url = url.clone();
+        std::thread::spawn(move || Http::new().fetch(reqwest::Method::GET, &url, &[], false))
+    };
+    std::thread::sleep(Duration::from_millis(1200));
+    let status = env.proxy.terminate();
+    let r = client.join().unwrap();
+    if r.complete() && r.status == 200 {
+        assert_eq!(r.digest, layer.digest, "a shutdown delivered bad bytes");
+    } else {
+        assert!(r.len < layer.size);
+    }
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    env.proxy.restart();
+    let r = Http::new().get(&url);
+    assert_eq!((r.status, r.digest.as_str(), r.len), (200, layer.digest.as_str(), layer.size));
+    // Either the download finished before exit (cached: 1 upstream GET) or it was dropped and is
+    // fetched again now (2) — never served from a half-written entry.
+    let gets = env.shim.blob_gets(&layer.digest);
+    assert!(gets == 1 || gets == 2, "upstream GETs {gets}");
+    for (path, digest) in env.proxy.cache_files() {
+        let size = std::fs::metadata(&path).unwrap().len();
+        if size > 1 << 20 {
+            assert_eq!(digest, layer.digest, "{} is a large cache file that is not the blob", path.display());
+        }
+    }
+}
+
+#[test]
+fn cached_tag_head_is_served_stale_when_the_upstream_is_down() {
+    let (env, img, _layer) = env_with_big_layer("stale-head");
+    let http = Http::new();
+    let url = env.proxy.manifest_url("test/faults", "v1");
+    let hdr = [("accept", image::ACCEPT_ALL)];
+    let get = http.request(reqwest::Method::GET, &url, &hdr);
+    assert_eq!(get.status, 200);
+    env.shim.stop();
+    let head = http.request(reqwest::Method::HEAD, &url, &hdr);
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("docker-content-digest").as_deref(), Some(img.digest.as_str()));
+    assert_eq!(head.header("content-length"), Some(img.manifest.len().to_string()));
+    assert_eq!(head.header("content-type"), get.header("content-type"));
+}

@@ -230,6 +230,35 @@ fn ctr_pull_via_hosts_toml_mirror() {
 }
 
 #[test]
+fn podman_pull_of_a_multi_platform_index() {
+    let env = Env::new();
+    let idx = Index::two_platforms("podman-idx", false);
+    env.seed(idx.clone(), "test/multi", "v1");
+    let podman = Podman::new();
+    let reference = format!("{}:v1", env.proxy.image_ref("test/multi"));
+    podman.pull(&reference).unwrap();
+    // podman records the index digest and unpacks linux/amd64.
+    assert_eq!(podman.image_digest(&reference).unwrap(), idx.digest);
+    assert_eq!(podman.image_id(&reference).unwrap(), idx.images[0].config.digest[7..]);
+    assert_eq!(env.shim.blob_gets(&idx.images[1].layers[0].digest), 0);
+}
+
+#[test]
+fn ctr_pull_from_cache_with_the_upstream_stopped() {
+    let env = Env::with(Default::default(), |o| o.mirror(Some("docker.io")));
+    let idx = Index::two_platforms("ctr-down", true);
+    env.seed(idx.clone(), "library/busybox", "1");
+    let ctrd = Containerd::start();
+    let hosts = ctrd.write_hosts_toml("docker.io", &env.proxy.url(), false);
+    ctrd.pull(&hosts, "docker.io/library/busybox:1", &["--platform", "linux/amd64"]).unwrap();
+    env.shim.stop();
+    let ctrd2 = Containerd::start();
+    let hosts2 = ctrd2.write_hosts_toml("docker.io", &env.proxy.url(), false);
+    ctrd2.pull(&hosts2, "docker.io/library/busybox:1", &["--platform", "linux/amd64"]).unwrap();
+    assert_eq!(ctrd2.image_digest("docker.io/library/busybox:1").unwrap(), idx.digest);
+}
+
+#[test]
 fn ctr_pull_via_group_path_override() {
     let env = Env::new();
     let img = Image::simple("ctr-group", false);
