@@ -81,6 +81,8 @@ pub enum Fault {
     Slow { bytes_per_sec: u64, then: Box<Fault> },
     /// Gzip the body and add `Content-Encoding: gzip` although nobody asked for it.
     GzipUnasked,
+    /// Forward the upstream's answer without this header (e.g. `docker-content-digest`).
+    StripHeader(&'static str),
     /// Wait this long before answering normally.
     Delay(Duration),
     /// Close the connection without any response.
@@ -558,8 +560,14 @@ async fn respond(
     let status = upstream.status().as_u16();
     let mut builder = Response::builder().status(status);
     let mut length: Option<u64> = None;
+    let strip = match &fault {
+        Some(Fault::StripHeader(h)) => Some(*h),
+        _ => None,
+    };
     for (k, v) in upstream.headers() {
-        if matches!(k.as_str(), "transfer-encoding" | "connection") {
+        if matches!(k.as_str(), "transfer-encoding" | "connection")
+            || strip.is_some_and(|h| k.as_str().eq_ignore_ascii_case(h))
+        {
             continue;
         }
         if k.as_str() == "content-length" {

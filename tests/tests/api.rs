@@ -350,3 +350,23 @@ fn sigterm_shuts_down_cleanly() {
     let status = env.proxy.terminate();
     assert!(status.success(), "exit status after SIGTERM: {status}");
 }
+
+#[test]
+fn upstream_without_docker_content_digest_header() {
+    // Some registries omit Docker-Content-Digest; the proxy computes it from the bytes and still
+    // revalidates tags correctly.
+    let (env, img) = seeded("no-digest-header");
+    env.shim.add_fault(FaultRule::manifests(Fault::StripHeader("docker-content-digest")));
+    let http = Http::new();
+    let url = env.proxy.manifest_url("test/api", "v1");
+    let r = get_manifest(&http, &url);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.body, img.manifest);
+    assert_eq!(r.header("docker-content-digest").as_deref(), Some(img.digest.as_str()));
+    let newer = Image::simple("no-digest-header-2", false);
+    env.seed(newer.clone(), "test/api", "v1");
+    let r = get_manifest(&http, &url);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.body, newer.manifest, "the tag moved upstream; a HEAD without digest must not keep the old one");
+    assert_eq!(r.header("docker-content-digest").as_deref(), Some(newer.digest.as_str()));
+}

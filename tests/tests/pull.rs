@@ -285,6 +285,13 @@ fn mirror_mode_routes_with_and_without_ns() {
         let r = http.get(&url);
         assert_eq!((r.status, r.digest.as_str()), (200, img.layers[0].digest.as_str()), "GET {url}");
     }
+    // Another namespace is not this upstream: not served, and not asked for upstream.
+    env.shim.reset();
+    let url = format!("{}/v2/test/single/manifests/v1?ns=quay.io", env.proxy.url());
+    let r = http.request(reqwest::Method::GET, &url, &[("accept", image::ACCEPT_ALL)]);
+    assert!(matches!(r.status, 400 | 404), "GET {url}: {} {}", r.status, r.text());
+    r.oci_error_code();
+    assert_eq!(env.shim.content_requests().len(), 0, "a foreign ns reached the upstream");
     // Group mode keeps working next to mirror mode.
     let r = http.request(
         reqwest::Method::GET,
@@ -292,5 +299,26 @@ fn mirror_mode_routes_with_and_without_ns() {
         &[("accept", image::ACCEPT_ALL)],
     );
     assert_eq!(r.status, 200);
+    assert_eq!(r.body, img.manifest);
+    let r = http.get(&env.proxy.blob_url("test/single", &img.layers[0].digest));
+    assert_eq!(r.digest, img.layers[0].digest);
+    assert_eq!(env.shim.blob_gets(&img.layers[0].digest), 0, "group and mirror paths share the blob cache");
+}
+
+#[test]
+fn ctr_mirror_default_namespace_is_the_upstream_host_and_port() {
+    // No --mirror-namespace: the accepted ?ns= is the (non-Docker-Hub) upstream's host:port, so a
+    // node can mirror that registry under its own name.
+    let env = Env::with(Default::default(), |o| o.mirror(None));
+    let img = Image::simple("ctr-ns", false);
+    env.seed(img.clone(), "test/single", "v1");
+    let ctrd = Containerd::start();
+    let upstream = env.shim.host();
+    let hosts = ctrd.write_hosts_toml(&upstream, &env.proxy.url(), false);
+    let reference = format!("{upstream}/test/single:v1");
+    env.shim.reset();
+    ctrd.pull(&hosts, &reference, &[]).unwrap();
+    assert_eq!(ctrd.image_digest(&reference).unwrap(), img.digest);
+    // The pull went through the proxy (containerd's fallback server is unreachable).
     assert_eq!(env.shim.blob_gets(&img.layers[0].digest), 1);
 }
