@@ -39,6 +39,11 @@ pub struct ProxyOptions {
     /// `memory://` instead of the file storage.
     pub memory_storage: bool,
     pub extra_args: Vec<String>,
+    /// When set, the proxy gets only `--listen <addr>` plus these arguments (config-file and
+    /// environment tests); the other fields are ignored.
+    pub raw_args: Option<Vec<String>>,
+    /// Extra environment variables (`DP_*` from the test's own environment are removed).
+    pub env: Vec<(String, String)>,
 }
 
 impl ProxyOptions {
@@ -53,6 +58,8 @@ impl ProxyOptions {
             password: None,
             memory_storage: false,
             extra_args: Vec::new(),
+            raw_args: None,
+            env: Vec::new(),
         }
     }
     pub fn mirror(mut self, namespace: Option<&str>) -> Self {
@@ -92,6 +99,11 @@ impl Proxy {
 
     fn args(&self) -> Vec<String> {
         let o = &self.opts;
+        if let Some(raw) = &o.raw_args {
+            let mut a = vec!["--listen".to_owned(), format!("127.0.0.1:{}", self.port)];
+            a.extend(raw.iter().cloned());
+            return a;
+        }
         let mut a = vec![
             "--listen".into(),
             format!("127.0.0.1:{}", self.port),
@@ -148,6 +160,9 @@ impl Proxy {
         if let Some(p) = &self.opts.password {
             cmd.env("DP_UPSTREAM_PASSWORD", p);
         }
+        for (k, v) in &self.opts.env {
+            cmd.env(k, v);
+        }
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         self.child = Some(child);
         let http = Http::new();
@@ -188,6 +203,11 @@ impl Proxy {
     /// `http://…/v2/<first group>/dependency_proxy/containers/<image>/blobs/<digest>`
     pub fn blob_url(&self, image: &str, digest: &str) -> String {
         format!("{}/v2/{}/blobs/{digest}", self.url(), self.repo(&self.opts.groups[0], image))
+    }
+
+    /// The proxy's own temporary directory (holds `cache/` and `spool/`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     pub fn cache_dir(&self) -> PathBuf {

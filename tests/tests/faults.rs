@@ -236,7 +236,8 @@ fn slow_trickle_is_streamed_to_the_client() {
     assert_eq!((r.status, r.digest.as_str()), (200, layer.digest.as_str()));
     assert!(r.elapsed >= Duration::from_secs(3), "trickle finished in {:?}", r.elapsed);
     let first = r.first_byte.unwrap();
-    assert!(first < Duration::from_millis(1500), "first byte after {first:?} of {:?}: not streamed", r.elapsed);
+    // A proxy that buffered the blob would send its first byte at the end (~4 s).
+    assert!(first < r.elapsed / 3, "first byte after {first:?} of {:?}: not streamed", r.elapsed);
     // Cached: fast now, no upstream request.
     let r = Http::new().get(&env.proxy.blob_url("test/faults", &layer.digest));
     assert_eq!(r.digest, layer.digest);

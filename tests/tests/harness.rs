@@ -189,7 +189,7 @@ fn faults_do_what_they_say() {
     let r = http.get(&url);
     assert_eq!(r.digest, layer.digest);
     assert!(r.elapsed >= Duration::from_millis(1500), "1 MiB at 512 KiB/s took {:?}", r.elapsed);
-    assert!(r.first_byte.unwrap() < Duration::from_millis(500), "first byte after {:?}", r.first_byte);
+    assert!(r.first_byte.unwrap() < r.elapsed / 3, "first byte after {:?} of {:?}", r.first_byte, r.elapsed);
 
     // No fault left: the blob is intact.
     let r = http.get(&url);
