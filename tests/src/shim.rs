@@ -157,11 +157,13 @@ pub struct AuthOptions {
     pub token_ttl: Duration,
     /// The `service` in the challenge.
     pub service: String,
+    /// Challenge every request, even with a freshly issued token (a broken token service).
+    pub reject_all: bool,
 }
 
 impl Default for AuthOptions {
     fn default() -> Self {
-        Self { basic: None, token_ttl: Duration::from_secs(300), service: "test-registry".into() }
+        Self { basic: None, token_ttl: Duration::from_secs(300), service: "test-registry".into(), reject_all: false }
     }
 }
 
@@ -714,6 +716,9 @@ fn check_bearer(
     let Some(token) = header(req, "authorization").and_then(|h| h.strip_prefix("Bearer ").map(str::to_owned)) else {
         return Some(challenge(state, auth, name, ""));
     };
+    if auth.reject_all {
+        return Some(challenge(state, auth, name, "invalid_token"));
+    }
     let tokens = state.tokens.lock().unwrap();
     let Some(t) = tokens.get(&token) else {
         return Some(challenge(state, auth, name, "invalid_token"));

@@ -165,3 +165,18 @@ fn redirect_to_cdn_anonymous_upstream() {
     assert_eq!(r.header("content-length"), Some(img.layers[1].size.to_string()));
     assert_eq!(env.shim.cdn_records().len(), 1);
 }
+
+#[test]
+fn persistent_401_is_retried_once_then_an_error() {
+    let auth = AuthOptions { reject_all: true, ..Default::default() };
+    let env = Env::with(ShimOptions { auth: Some(auth), redirect_blobs: false }, |o| o);
+    let img = Image::simple("auth-broken", false);
+    env.seed(img.clone(), "test/private", "v1");
+    let r = Http::new().get(&env.proxy.blob_url("test/private", &img.layers[0].digest));
+    assert!(matches!(r.status, 401 | 403 | 502), "status {}: {}", r.status, r.text());
+    r.oci_error_code();
+    let tokens = tokens_issued(&env.shim).len();
+    assert!((1..=2).contains(&tokens), "token requests for one client request: {tokens}");
+    let blob_tries = env.shim.count(Kind::Blob, "GET");
+    assert!(blob_tries <= 3, "upstream blob attempts for one client request: {blob_tries}");
+}

@@ -426,3 +426,73 @@ fn cached_tag_head_is_served_stale_when_the_upstream_is_down() {
     assert_eq!(head.header("content-length"), Some(img.manifest.len().to_string()));
     assert_eq!(head.header("content-type"), get.header("content-type"));
 }
+
+#[test]
+fn range_of_a_blob_in_flight_gets_the_right_bytes() {
+    let (env, _img, layer) = env_with_big_layer("range-inflight");
+    let bytes = layer.bytes();
+    env.shim.add_fault(FaultRule::blob(&layer.digest, Fault::Trickle { bytes_per_sec: 1024 * 1024 }).times(1));
+    let url = env.proxy.blob_url("test/faults", &layer.digest);
+    let http = Http::new();
+    let (full, ranged) = rt().block_on(async {
+        let full = http.fetch_async(reqwest::Method::GET, &url, &[], false);
+        let ranged = async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            http.fetch_async(reqwest::Method::GET, &url, &[("range", "bytes=1000-1999")], true).await
+        };
+        futures::join!(full, ranged)
+    });
+    assert_eq!((full.status, full.digest.as_str()), (200, layer.digest.as_str()));
+    match ranged.status {
+        206 => {
+            assert_eq!(ranged.header("content-range"), Some(format!("bytes 1000-1999/{}", bytes.len())));
+            assert_eq!(ranged.body, &bytes[1000..2000]);
+        }
+        200 => assert_eq!(ranged.body, bytes),
+        s => panic!("range during the download: status {s} {:?}", ranged.error),
+    }
+    assert_eq!(env.shim.blob_gets(&layer.digest), 1);
+}
+
+#[test]
+fn client_abort_mid_download_leaves_a_clean_cache() {
+    let (env, _img, layer) = env_with_big_layer("client-abort");
+    env.shim.add_fault(FaultRule::blob(&layer.digest, Fault::Trickle { bytes_per_sec: 1024 * 1024 }).times(1));
+    let url = env.proxy.blob_url("test/faults", &layer.digest);
+    let got = rt().block_on(async {
+        let client = reqwest::Client::new();
+        let mut resp = client.get(&url).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let first = resp.chunk().await.unwrap().map(|c| c.len()).unwrap_or(0);
+        drop(resp); // the client goes away mid-blob
+        first
+    });
+    assert!(got > 0 && (got as u64) < layer.size);
+    // Whatever the proxy did with the download, the next client gets the exact blob.
+    let r = Http::new().get(&url);
+    assert_eq!((r.status, r.digest.as_str(), r.len), (200, layer.digest.as_str(), layer.size), "{:?}", r.error);
+    assert!(env.shim.blob_gets(&layer.digest) <= 2);
+    wait_for("in-flight fetches to drain", Duration::from_secs(10), || (inflight(&env) == 0.0).then_some(()));
+    for (path, digest) in env.proxy.cache_files() {
+        if std::fs::metadata(&path).unwrap().len() > 1 << 20 {
+            assert_eq!(digest, layer.digest, "{} is a large cache file that is not the blob", path.display());
+        }
+    }
+}
+
+#[test]
+fn a_404_is_not_remembered() {
+    let (env, _img, _layer) = env_with_big_layer("not-yet");
+    let http = Http::new();
+    let later = Image::simple("later", false);
+    let tag_url = env.proxy.manifest_url("test/later", "v1");
+    let blob_url = env.proxy.blob_url("test/later", &later.layers[0].digest);
+    let r = http.request(reqwest::Method::GET, &tag_url, &[("accept", image::ACCEPT_ALL)]);
+    assert_eq!((r.status, r.oci_error_code().as_str()), (404, "MANIFEST_UNKNOWN"));
+    let r = http.get(&blob_url);
+    assert_eq!((r.status, r.oci_error_code().as_str()), (404, "BLOB_UNKNOWN"));
+    env.seed(later.clone(), "test/later", "v1");
+    let r = http.request(reqwest::Method::GET, &tag_url, &[("accept", image::ACCEPT_ALL)]);
+    assert_eq!((r.status, r.body == later.manifest), (200, true));
+    assert_eq!(http.get(&blob_url).digest, later.layers[0].digest);
+}
