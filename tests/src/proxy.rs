@@ -167,12 +167,22 @@ impl Proxy {
         self.child = Some(child);
         let http = Http::new();
         let url = format!("{}/readyz", self.url());
-        wait_for("the proxy to answer /readyz with 200", Duration::from_secs(30), || {
+        let exited = wait_for("the proxy to answer /readyz with 200", Duration::from_secs(30), || {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("dependency-proxy {:?} exited with {status}:\n{}", self.args(), tail(&self.log_path(), 40));
+                return Some(Some(status));
             }
-            (http.get(&url).status == 200).then_some(())
+            (http.get(&url).status == 200).then_some(None)
         });
+        if let Some(status) = exited {
+            self.child = None;
+            let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+            // Another process took the port between free_port() and the bind: try another one.
+            if log.contains("in use") && self.starts < 4 {
+                self.port = free_port();
+                return self.spawn();
+            }
+            panic!("dependency-proxy {:?} exited with {status}:\n{}", self.args(), tail(&self.log_path(), 40));
+        }
     }
 
     /// `http://127.0.0.1:<port>`
