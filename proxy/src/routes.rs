@@ -156,8 +156,8 @@ async fn handle(
     let repository = state.names.upstream_repository(&path.name, ns)?;
     match path.target {
         Target::Manifest(reference) => {
-            let accept = headers.get(header::ACCEPT);
-            let reply = state.service.manifest(&repository, &reference, accept).await?;
+            let accept = accept_list(headers)?;
+            let reply = state.service.manifest(&repository, &reference, accept.as_ref()).await?;
             Ok(manifest_response(reply.manifest, want, &state.metrics))
         }
         Target::Blob(digest) => {
@@ -172,6 +172,22 @@ async fn handle(
             Ok(blob_response(&digest, reply, &state.metrics))
         }
     }
+}
+
+/// All `Accept` header lines joined into one list: Go clients (skopeo, podman) send one line
+/// per media type, containerd one comma-separated line; both mean the same list.
+fn accept_list(headers: &HeaderMap) -> Result<Option<HeaderValue>, RegistryError> {
+    let mut values = headers.get_all(header::ACCEPT).iter().peekable();
+    let Some(first) = values.next() else { return Ok(None) };
+    if values.peek().is_none() {
+        return Ok(Some(first.clone()));
+    }
+    let mut joined = first.as_bytes().to_vec();
+    for value in values {
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(value.as_bytes());
+    }
+    HeaderValue::from_bytes(&joined).map(Some).map_err(|_| RegistryError::BadHeader("Accept".into()))
 }
 
 fn manifest_response(manifest: crate::cache::CachedManifest, want: service::Method, metrics: &Metrics) -> Response {
@@ -246,6 +262,19 @@ mod tests {
         assert_eq!(up("acme/team/dependency_proxy/containers/bitnami/redis").unwrap(), "bitnami/redis");
         assert!(matches!(up("other/dependency_proxy/containers/alpine"), Err(RegistryError::NameUnknown(_))));
         assert!(matches!(up("library/alpine"), Err(RegistryError::NameUnknown(_))));
+    }
+
+    #[test]
+    fn accept_lines_are_joined() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(accept_list(&headers).unwrap(), None);
+        headers.append(header::ACCEPT, HeaderValue::from_static("application/vnd.oci.image.manifest.v1+json"));
+        assert_eq!(accept_list(&headers).unwrap().unwrap(), "application/vnd.oci.image.manifest.v1+json");
+        headers.append(header::ACCEPT, HeaderValue::from_static("application/vnd.oci.image.index.v1+json"));
+        assert_eq!(
+            accept_list(&headers).unwrap().unwrap(),
+            "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json"
+        );
     }
 
     #[test]
