@@ -13,8 +13,10 @@
 pub mod clients;
 pub mod http;
 pub mod image;
+pub mod mounts;
 pub mod proxy;
 pub mod registry;
+pub mod s3;
 pub mod shim;
 
 use std::net::TcpListener;
@@ -27,9 +29,11 @@ use std::time::{Duration, Instant};
 pub use clients::{Containerd, Podman, Skopeo};
 pub use http::{Http, Resp};
 pub use image::{Artifact, Blob, Image, Index, Platform};
-pub use proxy::{Proxy, ProxyOptions};
+pub use mounts::Mount;
+pub use proxy::{CacheCheck, Proxy, ProxyOptions};
 pub use registry::Registry;
-pub use shim::{Fault, FaultRule, Kind, Shim, ShimOptions};
+pub use s3::S3Server;
+pub use shim::{Fault, FaultRule, Kind, RandomFaults, Shim, ShimOptions};
 
 /// The background runtime that serves the shims and runs async helpers.
 pub fn rt() -> &'static tokio::runtime::Runtime {

@@ -287,6 +287,17 @@ impl Proxy {
     pub fn cache_files(&self) -> Vec<(PathBuf, String)> {
         files_with_digests(&self.cache_dir())
     }
+
+    /// Where the file storage keeps the blob `digest` (`cache/blobs/sha256/<xx>/<hex>`).
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+        self.cache_dir().join("blobs/sha256").join(&hex[..2]).join(hex)
+    }
+
+    /// Checks every file of the file storage against the digest its key names.
+    pub fn check_cache(&self) -> CacheCheck {
+        check_cache_dir(&self.cache_dir())
+    }
 }
 
 impl Drop for Proxy {
@@ -327,6 +338,74 @@ pub fn files_with_digests(dir: &Path) -> Vec<(PathBuf, String)> {
         }
     }
     out
+}
+
+/// What [`check_cache_dir`] found.
+#[derive(Debug, Default, Clone)]
+pub struct CacheCheck {
+    /// Digests of the blobs whose bytes hash to the digest their key names.
+    pub blobs: Vec<String>,
+    /// Digests of the manifests whose envelope holds bytes hashing to their key's digest.
+    pub manifests: Vec<String>,
+    /// Number of tag records that parse and name a digest.
+    pub tags: usize,
+    /// One line per file that is not a valid entry: wrong bytes under a key, a leftover staging
+    /// upload (`<key>#<n>`), or a file outside the layout.
+    pub problems: Vec<String>,
+}
+
+/// Verifies the proxy's file-storage layout under `dir`:
+/// `blobs/sha256/<xx>/<hex>` must hash to `sha256:<hex>`, `manifests/sha256/<xx>/<hex>` must be a
+/// media type line followed by bytes hashing to it, `tags/…/_tags/<tag>` must be a JSON record
+/// with a digest. Anything else is a problem.
+pub fn check_cache_dir(dir: &Path) -> CacheCheck {
+    use sha2::Digest;
+    let mut check = CacheCheck::default();
+    for (path, digest) in files_with_digests(dir) {
+        let rel = path.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+        let parts: Vec<&str> = rel.split('/').collect();
+        let name = parts.last().copied().unwrap_or_default();
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if name.contains('#') {
+            check.problems.push(format!("{rel}: leftover staging upload of {size} bytes"));
+            continue;
+        }
+        let keyed = parts.len() == 4 && parts[1] == "sha256" && name.len() == 64 && name.starts_with(parts[2]);
+        match parts[0] {
+            "blobs" if keyed => {
+                if digest == format!("sha256:{name}") {
+                    check.blobs.push(digest);
+                } else {
+                    check.problems.push(format!("{rel}: {size} bytes hashing to {digest}"));
+                }
+            }
+            "manifests" if keyed => {
+                let bytes = std::fs::read(&path).unwrap();
+                let ok = bytes
+                    .iter()
+                    .position(|b| *b == b'\n')
+                    .is_some_and(|nl| hex::encode(sha2::Sha256::digest(&bytes[nl + 1..])) == name);
+                if ok {
+                    check.manifests.push(format!("sha256:{name}"));
+                } else {
+                    check.problems.push(format!("{rel}: manifest envelope of {size} bytes does not hash to its key"));
+                }
+            }
+            "tags" if parts.len() >= 4 && parts[parts.len() - 2] == "_tags" => {
+                let record: Option<serde_json::Value> =
+                    std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+                if record.as_ref().and_then(|r| r["digest"].as_str()).is_some_and(|d| d.starts_with("sha256:")) {
+                    check.tags += 1;
+                } else {
+                    check.problems.push(format!("{rel}: not a tag record"));
+                }
+            }
+            _ => check.problems.push(format!("{rel}: file outside the cache layout ({size} bytes)")),
+        }
+    }
+    check.blobs.sort();
+    check.manifests.sort();
+    check
 }
 
 pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {

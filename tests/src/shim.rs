@@ -174,6 +174,42 @@ pub struct ShimOptions {
     pub redirect_blobs: bool,
 }
 
+/// Faults drawn at random for manifest and blob requests that no [`FaultRule`] matched: each such
+/// request gets one of `faults` with probability `percent`/100. The draws come from a generator
+/// seeded with `seed`, so a run is reproducible up to the order in which concurrent requests
+/// arrive (the n-th request always gets the n-th draw).
+#[derive(Debug, Clone)]
+pub struct RandomFaults {
+    pub seed: u64,
+    pub percent: u8,
+    pub faults: Vec<Fault>,
+}
+
+struct RandomState {
+    rng: crate::PseudoRandom,
+    percent: u8,
+    faults: Vec<Fault>,
+    /// `(kind, method, reference, fault)` of every fault drawn, in order.
+    injected: Vec<String>,
+}
+
+impl RandomState {
+    fn draw(&mut self, kind: Kind, method: &http::Method, reference: Option<&str>) -> Option<Fault> {
+        if !matches!(kind, Kind::Manifest | Kind::Blob) || self.faults.is_empty() {
+            return None;
+        }
+        let mut b = [0u8; 8];
+        self.rng.fill(&mut b);
+        let n = u64::from_le_bytes(b);
+        if n % 100 >= u64::from(self.percent) {
+            return None;
+        }
+        let fault = self.faults[((n / 100) % self.faults.len() as u64) as usize].clone();
+        self.injected.push(format!("{kind:?} {method} {} {fault:?}", reference.unwrap_or("-")));
+        Some(fault)
+    }
+}
+
 struct Token {
     scopes: Vec<String>,
     expires: Instant,
@@ -190,6 +226,7 @@ struct State {
     tokens: Mutex<HashMap<String, Token>>,
     bad_bodies: Mutex<Vec<String>>,
     token_seq: AtomicU64,
+    random: Mutex<Option<RandomState>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -229,6 +266,7 @@ impl Shim {
             tokens: Mutex::new(HashMap::new()),
             bad_bodies: Mutex::new(Vec::new()),
             token_seq: AtomicU64::new(1),
+            random: Mutex::new(None),
         });
         let shim = Self { state, main: Mutex::new(None), cdn: Mutex::new(None) };
         shim.start_listener();
@@ -290,6 +328,26 @@ impl Shim {
 
     pub fn clear_faults(&self) {
         self.state.faults.lock().unwrap().clear();
+    }
+
+    /// Starts (`Some`) or stops (`None`) random faults; the log of drawn faults is kept.
+    pub fn set_random_faults(&self, random: Option<RandomFaults>) {
+        let mut state = self.state.random.lock().unwrap();
+        let injected = state.take().map(|s| s.injected).unwrap_or_default();
+        *state = match random {
+            Some(r) => Some(RandomState {
+                rng: crate::PseudoRandom::new(r.seed),
+                percent: r.percent,
+                faults: r.faults,
+                injected,
+            }),
+            None => Some(RandomState { rng: crate::PseudoRandom::new(0), percent: 0, faults: Vec::new(), injected }),
+        };
+    }
+
+    /// Every random fault drawn so far: `"<kind> <method> <reference> <fault>"`.
+    pub fn random_faults_injected(&self) -> Vec<String> {
+        self.state.random.lock().unwrap().as_ref().map(|s| s.injected.clone()).unwrap_or_default()
     }
 
     /// Every request answered so far, in order.
@@ -511,7 +569,9 @@ async fn respond(
                 break;
             }
         }
-        found
+        drop(faults);
+        let rule_kind = if kind == Kind::Cdn { Kind::Blob } else { kind };
+        found.or_else(|| state.random.lock().unwrap().as_mut().and_then(|r| r.draw(rule_kind, &method, reference)))
     };
     match &fault {
         Some(Fault::TooManyRequests { retry_after_secs }) => {
