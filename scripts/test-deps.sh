@@ -19,6 +19,16 @@ declare -A PKGS=(
   [ca-certificates]=/etc/ssl/certs/ca-certificates.crt
 )
 
+# PyPI: moto's S3-compatible server, the bucket behind the S3 storage suite (tests/tests/s3.rs).
+if ! command -v moto_server >/dev/null 2>&1; then
+  echo "test-deps: installing moto[server] from PyPI"
+  python3 -m pip install --quiet 'moto[server]' \
+    || python3 -m pip install --quiet --break-system-packages 'moto[server]'
+  # pyenv puts new console scripts on PATH only after a rehash.
+  if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+  command -v moto_server >/dev/null 2>&1 || { echo "test-deps: moto_server is not on PATH after the install" >&2; exit 1; }
+fi
+
 missing=()
 for pkg in "${!PKGS[@]}"; do
   if [ ! -e "${PKGS[$pkg]}" ] && ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then

@@ -26,6 +26,8 @@ pub struct S3Server {
 pub struct Object {
     pub key: String,
     pub size: u64,
+    /// Without quotes. A multipart upload's is `<md5 of the part md5s>-<number of parts>`.
+    pub etag: String,
 }
 
 impl S3Server {
@@ -86,7 +88,9 @@ impl S3Server {
                 let key = elements(&contents, "Key").pop().expect("Contents without Key");
                 let size =
                     elements(&contents, "Size").pop().and_then(|s| s.parse().ok()).expect("Contents without Size");
-                out.push(Object { key: unescape(&key), size });
+                let etag = elements(&contents, "ETag").pop().unwrap_or_default();
+                let etag = unescape(&etag).trim_matches('"').to_owned();
+                out.push(Object { key: unescape(&key), size, etag });
             }
             if elements(&xml, "IsTruncated").first().map(String::as_str) == Some("true") {
                 token = elements(&xml, "NextContinuationToken").pop();
