@@ -113,6 +113,23 @@ impl S3Server {
             .collect()
     }
 
+    /// Parts uploaded so far to the open multipart uploads of `key` (ListParts of each).
+    pub fn uploaded_parts(&self, bucket: &str, key: &str) -> usize {
+        let http = Http::new();
+        let r = http.get(&format!("{}/{bucket}?uploads&prefix={}", self.url(), encode(key)));
+        assert_eq!(r.status, 200, "ListMultipartUploads {bucket}: {}", r.text());
+        elements(&r.text(), "Upload")
+            .iter()
+            .filter(|u| elements(u, "Key").pop().map(|k| unescape(&k)).as_deref() == Some(key))
+            .map(|u| {
+                let id = unescape(&elements(u, "UploadId").pop().expect("Upload without UploadId"));
+                let r = http.get(&format!("{}/{bucket}/{key}?uploadId={}", self.url(), encode(&id)));
+                assert_eq!(r.status, 200, "ListParts {key}: {}", r.text());
+                elements(&r.text(), "Part").len()
+            })
+            .sum()
+    }
+
     /// An object's bytes.
     pub fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
         let r = Http::new().get(&format!("{}/{bucket}/{key}", self.url()));

@@ -138,3 +138,41 @@ fn s3_storage_multipart_warm_pull_layout_and_cut_transfer() {
     );
     assert_eq!(env.shim.blob_gets(&other.digest), 2);
 }
+
+#[test]
+fn s3_sigkill_mid_upload_leaves_no_object_under_the_key() {
+    let mut env = s3_env();
+    let work = tempfile::tempdir().unwrap();
+    let big = Blob::big_layer_file(&work.path().join("big.tar"), 12 << 20, false);
+    let img = Image::new(Platform::amd64(), vec![big.clone()], false, "s3-kill");
+    Artifact::from(img).push(&env.registry.host(), NAME, "v1");
+    // ~12 MiB at 4 MiB/s: about 3 s upstream, so the kill lands between parts.
+    env.shim.add_fault(FaultRule::blob(&big.digest, Fault::Trickle { bytes_per_sec: 4 << 20 }).times(1));
+    let url = env.proxy.blob_url(NAME, &big.digest);
+    let client = {
+        let url = url.clone();
+        std::thread::spawn(move || Http::new().fetch(reqwest::Method::GET, &url, &[], false))
+    };
+    let blob_key = key("blobs", &big.digest);
+    // Killed once the first 5 MiB part is in the bucket: the upload is open and holds data.
+    wait_for("the first part to be uploaded", Duration::from_secs(30), || {
+        (env.s3.uploaded_parts(BUCKET, &blob_key) >= 1).then_some(())
+    });
+    env.proxy.kill();
+    let r = client.join().unwrap();
+    assert!(!r.complete() && r.len < big.size, "client got {} of {} bytes from a killed proxy", r.len, big.size);
+    assert!(env.s3.list(BUCKET, &blob_key).is_empty(), "an object under the key of a blob whose upload was killed");
+    // The killed upload stays open in the bucket (nothing can abort it); report it.
+    eprintln!("open uploads after the kill: {:?}", env.s3.multipart_uploads(BUCKET));
+
+    env.proxy.restart();
+    let r = Http::new().fetch(reqwest::Method::GET, &url, &[], false);
+    assert_eq!((r.status, r.digest.as_str(), r.len), (200, big.digest.as_str(), big.size), "{:?}", r.error);
+    drained(&env.proxy);
+    let listed = env.s3.list(BUCKET, &blob_key);
+    assert_eq!(
+        listed.iter().map(|o| (o.key.as_str(), o.size)).collect::<Vec<_>>(),
+        vec![(blob_key.as_str(), big.size)]
+    );
+    assert_eq!(env.shim.blob_gets(&big.digest), 2, "absent after the kill, so fetched once more");
+}
