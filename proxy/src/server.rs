@@ -32,7 +32,7 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
 }
 
-/// Builds everything a request needs from the configuration.
+/// Builds everything a request needs from the configuration. Must run inside a Tokio runtime.
 pub fn build_state(config: &Config) -> Result<Arc<AppState>, ServerError> {
     let metrics = Arc::new(Metrics::new());
     let storage = cache::open_store(&config.storage)?;
@@ -51,6 +51,14 @@ pub fn build_state(config: &Config) -> Result<Arc<AppState>, ServerError> {
         field: "storage.spool_dir",
         reason: format!("cannot create {}: {e}", spool_dir.display()),
     })?;
+    if let Some(root) = storage.local_root.clone() {
+        // In the background: a large cache takes a while to walk, and serving need not wait.
+        tokio::task::spawn_blocking(move || match cache::sweep_staging(&root) {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "removed staging files left by interrupted uploads"),
+            Err(error) => tracing::warn!(%error, "cannot sweep staging files"),
+        });
+    }
     let blobs = BlobStore::new(storage.store.clone(), storage.part_size);
     let manifests = ManifestStore::new(storage.store, config.upstream.url.authority().to_owned());
     let fetcher = Arc::new(Fetcher::new(upstream.clone(), blobs.clone(), spool_dir, metrics.clone()));
