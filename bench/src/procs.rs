@@ -2,7 +2,7 @@
 //! stop it (SIGTERM, then SIGKILL), and list its process tree for the /proc readings.
 
 use std::fs::{self, OpenOptions};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -53,6 +53,11 @@ impl Service {
         tree
     }
 
+    /// The exit status, if the program has already ended.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else { return };
         let pid = child.id() as libc::pid_t;
@@ -99,11 +104,21 @@ pub fn free_port() -> Result<u16> {
     Ok(listener.local_addr().map_err(BenchError::io("local_addr"))?.port())
 }
 
-/// Polls `url` until it answers with any status below 500.
-pub async fn wait_ready(client: &reqwest::Client, url: &str, name: &str, log: &Path) -> Result<()> {
+/// Polls `url` until it answers with any status below 500; gives up early if the program exits.
+pub async fn wait_ready(client: &reqwest::Client, url: &str, service: &mut Service) -> Result<()> {
     let timeout = Duration::from_secs(30);
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
+        if let Some(status) = service.exited() {
+            let log = fs::read_to_string(&service.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            return Err(BenchError::Other(format!(
+                "{} exited ({status}) before answering; last lines of {}:\n{}",
+                service.name,
+                service.log.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )));
+        }
         if let Ok(resp) = client.get(url).send().await
             && resp.status().as_u16() < 500
         {
@@ -111,7 +126,7 @@ pub async fn wait_ready(client: &reqwest::Client, url: &str, name: &str, log: &P
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Err(BenchError::NotReady(name.to_owned(), timeout, log.to_owned()))
+    Err(BenchError::NotReady(service.name.clone(), timeout, service.log.clone()))
 }
 
 /// The absolute path of a program the run needs, or a clear error.

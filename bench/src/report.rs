@@ -301,7 +301,7 @@ pub fn plot(run: &Run, dir: &Path, stem: &str) -> Result<()> {
     let png = dir.join(format!("{stem}.png"));
     let script = |terminal: &str| {
         format!(
-            r#"set terminal {terminal} size 960,540
+            r#"set terminal {terminal} size 960,540 noenhanced
 set output '{png}'
 set title "Cache-hit blob throughput, {layer} MiB layer, loopback, {date}"
 set style data histograms

@@ -34,9 +34,9 @@ impl Upstream {
         let config_path = dir.join("config.yml");
         fs::write(&config_path, config).map_err(BenchError::io("write upstream config"))?;
         let log = dir.join("registry.log");
-        let service = Service::spawn("upstream", Command::new(registry_bin).arg("serve").arg(&config_path), log)?;
+        let mut service = Service::spawn("upstream", Command::new(registry_bin).arg("serve").arg(&config_path), log)?;
         let url = format!("http://127.0.0.1:{port}");
-        procs::wait_ready(client, &format!("{url}/v2/"), "upstream", &service.log).await?;
+        procs::wait_ready(client, &format!("{url}/v2/"), &mut service).await?;
         Ok(Self { url, service })
     }
 
@@ -163,9 +163,8 @@ impl System {
                 Service::spawn(self.kind.short(), &mut cmd, log)?
             }
         };
-        let log = service.log.clone();
-        self.service = Some(service);
-        procs::wait_ready(client, &format!("{}/v2/", self.url), self.kind.short(), &log).await
+        let service = self.service.insert(service);
+        procs::wait_ready(client, &format!("{}/v2/", self.url), service).await
     }
 
     pub fn stop(&mut self) {
@@ -224,7 +223,7 @@ http {{
         proxy_http_version 1.1;
         proxy_set_header Connection "";
         proxy_set_header Host $http_host;
-        location ~ ^/v2/.+/blobs/sha256:[0-9a-f]{{64}}$ {{
+        location ~ "^/v2/.+/blobs/sha256:[0-9a-f]{{64}}$" {{
             proxy_pass http://registry;
             proxy_cache registry;
             proxy_cache_key $uri;
@@ -233,7 +232,7 @@ http {{
             proxy_cache_lock_timeout 10m;
             proxy_cache_lock_age 10m;
         }}
-        location ~ ^/v2/.+/manifests/sha256:[0-9a-f]{{64}}$ {{
+        location ~ "^/v2/.+/manifests/sha256:[0-9a-f]{{64}}$" {{
             proxy_pass http://registry;
             proxy_cache registry;
             proxy_cache_key "$uri $http_accept";
