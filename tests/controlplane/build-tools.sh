@@ -15,60 +15,63 @@ source "$here/env.sh"
 
 log() { printf '[build-tools] %s\n' "$*" >&2; }
 
-# Builds `packages` of the module in tools/$1 into $2, atomically: a half-finished build after an
-# interrupted run must not look like a cached one.
-build_module() {
+# Builds the packages (command paths) of the module in tools/$1 whose binaries are missing from
+# $2. Each binary is moved into place only once built, so an interrupted run never leaves a
+# half-written binary that a later run would take for a cached one.
+build_missing() {
     local module_dir="$1" dest="$2" ldflags="$3"
     shift 3
+    local missing=()
+    for pkg in "$@"; do [[ -x "$dest/${pkg##*/}" ]] || missing+=("$pkg"); done
+    if [[ ${#missing[@]} -eq 0 ]]; then
+        log "$module_dir: cached in $dest"
+        return
+    fi
     local tmp="$dest.tmp.$$"
     rm -rf "$tmp"
-    mkdir -p "$tmp"
-    log "building $* into $dest"
+    mkdir -p "$tmp" "$dest"
+    log "building ${missing[*]} into $dest"
     local start=$SECONDS
     (
         cd "$here/tools/$module_dir"
         # CGO off: static binaries, and no C toolchain surprises on a fresh machine.
-        CGO_ENABLED=0 go build -mod=mod -trimpath -ldflags "-s -w $ldflags" -o "$tmp/" "$@"
+        CGO_ENABLED=0 go build -mod=mod -trimpath -ldflags "-s -w $ldflags" -o "$tmp/" "${missing[@]}"
     )
-    rm -rf "$dest"
-    mv "$tmp" "$dest"
+    mv "$tmp"/* "$dest/"
+    rm -rf "$tmp"
     log "built $module_dir in $((SECONDS - start))s"
-}
-
-have_all() {
-    local dir="$1"
-    shift
-    for bin in "$@"; do [[ -x "$dir/$bin" ]] || return 1; done
 }
 
 mkdir -p "$DP_TOOLS_DIR"
 
-if ! have_all "$K8S_BIN" kube-apiserver kube-controller-manager kubectl; then
-    # The version stamp matters: kubectl and the apiserver report it, and skew warnings use it.
-    major="${K8S_VERSION#v}"; major="${major%%.*}"
-    minor="${K8S_VERSION#v*.}"; minor="${minor%%.*}"
-    pkg=k8s.io/component-base/version
-    build_module kubernetes "$K8S_BIN" \
-        "-X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean" \
-        k8s.io/kubernetes/cmd/kube-apiserver \
-        k8s.io/kubernetes/cmd/kube-controller-manager \
-        k8s.io/kubernetes/cmd/kubectl
-else
-    log "kubernetes $K8S_VERSION: cached in $K8S_BIN"
+# The version stamp matters: kubectl and the apiserver report it, and skew warnings use it.
+major="${K8S_VERSION#v}"; major="${major%%.*}"
+minor="${K8S_VERSION#v*.}"; minor="${minor%%.*}"
+vpkg=k8s.io/component-base/version
+# kube-scheduler binds the Deployments' pods to the kwok node; kwok itself does not schedule.
+build_missing kubernetes "$K8S_BIN" \
+    "-X $vpkg.gitVersion=$K8S_VERSION -X $vpkg.gitMajor=$major -X $vpkg.gitMinor=$minor -X $vpkg.gitTreeState=clean" \
+    k8s.io/kubernetes/cmd/kube-apiserver \
+    k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler \
+    k8s.io/kubernetes/cmd/kubectl
+
+build_missing kwok "$KWOK_BIN" "" sigs.k8s.io/kwok/cmd/kwok
+# kwok does nothing without stages (the lifecycle rules it applies). Its module ships the standard
+# "fast" ones; keep them beside the binary of the same version.
+if [[ ! -s "$KWOK_BIN/stages.yaml" ]]; then
+    stages="$(cd "$here/tools/kwok" && go list -mod=mod -m -f '{{.Dir}}' sigs.k8s.io/kwok)/kustomize/stage"
+    for f in node/fast/node-initialize.yaml node/heartbeat/node-heartbeat.yaml \
+        pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+        cat "$stages/$f"
+        echo "---"
+    done >"$KWOK_BIN/stages.yaml.tmp"
+    mv "$KWOK_BIN/stages.yaml.tmp" "$KWOK_BIN/stages.yaml"
+    log "kwok stages written to $KWOK_BIN/stages.yaml"
 fi
 
-if ! have_all "$KWOK_BIN" kwok; then
-    build_module kwok "$KWOK_BIN" "" sigs.k8s.io/kwok/cmd/kwok
-else
-    log "kwok $KWOK_VERSION: cached in $KWOK_BIN"
-fi
-
-if ! have_all "$HELM_BIN" helm; then
-    build_module helm "$HELM_BIN" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
-        helm.sh/helm/v3/cmd/helm
-else
-    log "helm $HELM_VERSION: cached in $HELM_BIN"
-fi
+build_missing helm "$HELM_BIN" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+    helm.sh/helm/v3/cmd/helm
 
 if ! command -v etcd >/dev/null && [[ ! -x /usr/bin/etcd ]]; then
     log "installing etcd from Debian (etcd-server)"
