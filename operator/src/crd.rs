@@ -74,6 +74,10 @@ pub struct DependencyProxySpec {
     pub tls: Option<TlsSpec>,
     /// Where cached blobs and manifests live.
     pub storage: StorageSpec,
+    /// Also serve `/v2/<image>/…` as a registry mirror for node runtimes (containerd's
+    /// `hosts.toml`), next to the group prefix.
+    #[serde(default)]
+    pub mirror: bool,
 }
 
 fn default_replicas() -> i32 {

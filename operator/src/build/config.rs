@@ -22,6 +22,7 @@ pub fn proxy_config(spec: &DependencyProxySpec) -> Result<Config, SpecError> {
     let mut config = Config {
         listen: ([0, 0, 0, 0], PROXY_PORT).into(),
         groups: vec![spec.group.clone()],
+        mirror: spec.mirror,
         ..Config::default()
     };
     // Structured logs: cluster log pipelines parse JSON.
@@ -97,6 +98,14 @@ mod tests {
             "https://registry-1.docker.io/"
         );
         assert!(config.tls.is_none());
+        assert!(!config.mirror);
+    }
+
+    #[test]
+    fn mirror_mode_is_passed_through() {
+        let dp = proxy(serde_json::json!({"group": "acme", "mirror": true,
+            "storage": {"persistentVolume": {"size": "1Gi"}}}));
+        assert!(proxy_config(&dp.spec).unwrap().mirror);
     }
 
     #[test]
