@@ -783,14 +783,17 @@ async fn generated_config_starts_the_real_proxy_and_an_image_pulls_through() {
     ) else {
         eprintln!(
             "\n!!!!!!!! SKIPPED generated_config_starts_the_real_proxy_and_an_image_pulls_through:\n\
-             !!!!!!!! set DEPENDENCY_PROXY_BIN (the proxy binary) and DP_TEST_UPSTREAM_URL (a local\n\
-             !!!!!!!! registry, e.g. http://127.0.0.1:5001; optional DP_TEST_IMAGE=repo:tag) to run it.\n"
+             !!!!!!!! set DEPENDENCY_PROXY_BIN (the proxy binary) and DP_TEST_UPSTREAM_URL (a writable\n\
+             !!!!!!!! registry on loopback, e.g. Debian's docker-registry at http://127.0.0.1:5001).\n"
         );
         return;
     };
-    let image =
-        std::env::var("DP_TEST_IMAGE").unwrap_or_else(|_| "library/alpine:latest".to_owned());
-    let (repository, tag) = image.rsplit_once(':').expect("DP_TEST_IMAGE is repo:tag");
+    let upstream = upstream.trim_end_matches('/').to_owned();
+    let http = reqwest::Client::new();
+    // A fresh image in the upstream, so the pull cannot be served by anything but the upstream.
+    let repository = format!("dp-operator-test/hello-{}", std::process::id());
+    let pushed = push_synthetic_image(&http, &upstream, &repository, "v1").await;
+
     let f = Fixture::new("dp-proxy").await;
     f.create(
         json!({"group": "acme", "upstream": {"url": upstream}, "storage": {"persistentVolume": {"size": "1Gi"}}}),
@@ -807,10 +810,11 @@ async fn generated_config_starts_the_real_proxy_and_an_image_pulls_through() {
     .await;
     let text = cm.data.unwrap()[CONFIG_FILE_KEY].clone();
 
-    // What the pod's mounts provide is moved to local paths; everything else is the operator's
-    // text as read back from the apiserver.
+    // What the pod's mounts provide (the cache volume, the spool emptyDir) and its port are moved
+    // to local paths; everything else is the operator's text as read back from the apiserver.
     let mut config =
         Config::from_toml(&text).expect("the proxy's own parser accepts the ConfigMap");
+    assert_eq!(config.storage.url, "file:///var/cache/dependency-proxy");
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     config.listen = format!("127.0.0.1:{port}").parse().unwrap();
@@ -821,58 +825,134 @@ async fn generated_config_starts_the_real_proxy_and_an_image_pulls_through() {
     let path = dir.path().join("config.toml");
     std::fs::write(&path, config.to_toml()).unwrap();
 
+    let log = std::fs::File::create(dir.path().join("proxy.log")).unwrap();
     let mut proxy = std::process::Command::new(&proxy_bin)
         .args(["--config", path.to_str().unwrap()])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
         .spawn()
         .expect("start the proxy binary");
     let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    let result = async {
+    let outcome = tokio::time::timeout(Duration::from_secs(60), async {
         eventually("proxy /readyz", Duration::from_secs(30), || async {
-            http.get(format!("{base}/readyz")).send().await.ok().filter(|r| r.status().is_success())
+            http.get(format!("{base}/readyz"))
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
         })
         .await;
         let prefix = format!("{base}/v2/acme/dependency_proxy/containers/{repository}");
         let manifest = http
-            .get(format!("{prefix}/manifests/{tag}"))
-            .header(
-                "Accept",
-                "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, \
-                 application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json",
-            )
+            .get(format!("{prefix}/manifests/v1"))
+            .header("Accept", "application/vnd.oci.image.manifest.v1+json")
             .send()
             .await
             .expect("manifest request");
-        assert!(manifest.status().is_success(), "manifest: {}", manifest.status());
-        let body: serde_json::Value = manifest.json().await.expect("manifest json");
-        // An index names per-platform manifests; fetch the first, then its blobs.
-        let body = if let Some(first) = body["manifests"].as_array().and_then(|m| m.first()) {
-            let digest = first["digest"].as_str().unwrap();
-            http.get(format!("{prefix}/manifests/{digest}"))
-                .header("Accept", first["mediaType"].as_str().unwrap())
+        assert!(
+            manifest.status().is_success(),
+            "manifest through the proxy: {}",
+            manifest.status()
+        );
+        let bytes = manifest.bytes().await.unwrap();
+        assert_eq!(
+            format!("sha256:{}", hex_sha256(&bytes)),
+            pushed.manifest_digest,
+            "manifest changed on the way"
+        );
+        for digest in &pushed.blob_digests {
+            let blob = http
+                .get(format!("{prefix}/blobs/{digest}"))
                 .send()
                 .await
-                .unwrap()
-                .json::<serde_json::Value>()
-                .await
-                .unwrap()
-        } else {
-            body
-        };
-        let mut digests = vec![body["config"]["digest"].as_str().unwrap().to_owned()];
-        digests.extend(body["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_owned()));
-        for digest in digests {
-            let blob = http.get(format!("{prefix}/blobs/{digest}")).send().await.unwrap();
-            assert!(blob.status().is_success(), "blob {digest}: {}", blob.status());
+                .unwrap();
+            assert!(
+                blob.status().is_success(),
+                "blob {digest}: {}",
+                blob.status()
+            );
             let bytes = blob.bytes().await.unwrap();
-            let actual = format!("sha256:{}", hex_sha256(&bytes));
-            assert_eq!(actual, digest, "blob content does not match its digest");
+            assert_eq!(
+                &format!("sha256:{}", hex_sha256(&bytes)),
+                digest,
+                "blob content does not match its digest"
+            );
         }
-    }
+    })
     .await;
     let _ = proxy.kill();
     let _ = proxy.wait();
-    result
+    if outcome.is_err() {
+        panic!(
+            "pull through the proxy timed out; proxy log:\n{}",
+            std::fs::read_to_string(dir.path().join("proxy.log")).unwrap_or_default()
+        );
+    }
+}
+
+struct Pushed {
+    manifest_digest: String,
+    blob_digests: Vec<String>,
+}
+
+/// Pushes a one-layer OCI image with random content through the distribution push API.
+async fn push_synthetic_image(
+    http: &reqwest::Client,
+    registry: &str,
+    repository: &str,
+    tag: &str,
+) -> Pushed {
+    let seed = format!("{}-{:?}", std::process::id(), std::time::SystemTime::now());
+    let layer: Vec<u8> = (0..64 * 1024)
+        .map(|i| hex_sha256(format!("{seed}{}", i / 32).as_bytes()).as_bytes()[i % 32])
+        .collect();
+    let layer_digest = format!("sha256:{}", hex_sha256(&layer));
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [layer_digest]}, "config": {}
+    }))
+    .unwrap();
+    let config_digest = format!("sha256:{}", hex_sha256(&config));
+    for (digest, bytes) in [(&layer_digest, &layer), (&config_digest, &config)] {
+        let response = http
+            .post(format!(
+                "{registry}/v2/{repository}/blobs/uploads/?digest={digest}"
+            ))
+            .header("Content-Type", "application/octet-stream")
+            .body(bytes.clone())
+            .send()
+            .await
+            .expect("upstream reachable");
+        assert_eq!(
+            response.status().as_u16(),
+            201,
+            "monolithic blob upload to the upstream"
+        );
+    }
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer.len()}]
+    }))
+    .unwrap();
+    let response = http
+        .put(format!("{registry}/v2/{repository}/manifests/{tag}"))
+        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        .body(manifest.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status().as_u16(),
+        201,
+        "manifest push to the upstream"
+    );
+    Pushed {
+        manifest_digest: format!("sha256:{}", hex_sha256(&manifest)),
+        blob_digests: vec![config_digest, layer_digest],
+    }
 }
 
 fn hex_sha256(bytes: &[u8]) -> String {
