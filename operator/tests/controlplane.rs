@@ -82,7 +82,7 @@ impl Fixture {
                 "accessModes": [access_mode],
                 "hostPath": {"path": format!("/tmp/dp-test-pv/{}/{name}", self.ns.name)},
                 "claimRef": {"namespace": self.ns.name, "name": format!("{name}-cache")},
-                "persistentVolumeReclaimPolicy": "Delete"
+                "persistentVolumeReclaimPolicy": "Retain"
             }
         }))
         .expect("pv");
@@ -692,10 +692,10 @@ async fn one_of_two_operators_leads_and_the_other_takes_over() {
     );
 
     first.stop();
-    assert_eq!(
-        eventually("the standby takes over", WAIT, holder).await,
-        "second"
-    );
+    eventually("the standby takes over", WAIT, || async {
+        holder().await.filter(|h| h == "second")
+    })
+    .await;
     create("two").await;
     eventually("new leader reconciles", WAIT, || async {
         deployments.get_opt("two").await.ok().flatten()
@@ -713,6 +713,24 @@ async fn one_of_two_operators_leads_and_the_other_takes_over() {
     );
     let lease = leases.get(&lease_name).await.unwrap();
     assert!(lease.spec.unwrap().lease_transitions.unwrap_or(0) >= 1);
+
+    // A leader that dies without releasing (SIGKILL): the standby waits for the Lease to expire.
+    let third = start("third").await;
+    let mut second = second;
+    second.kill();
+    eventually("takeover after expiry", WAIT, || async {
+        holder().await.filter(|h| h == "third")
+    })
+    .await;
+    create("three").await;
+    eventually("third leader reconciles", WAIT, || async {
+        deployments.get_opt("three").await.ok().flatten()
+    })
+    .await;
+    eventually("third counts its reconcile", WAIT, || async {
+        (third.reconciles().await > 0).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -916,19 +934,35 @@ async fn push_synthetic_image(
     .unwrap();
     let config_digest = format!("sha256:{}", hex_sha256(&config));
     for (digest, bytes) in [(&layer_digest, &layer), (&config_digest, &config)] {
-        let response = http
-            .post(format!(
-                "{registry}/v2/{repository}/blobs/uploads/?digest={digest}"
-            ))
-            .header("Content-Type", "application/octet-stream")
-            .body(bytes.clone())
+        // Start an upload session, then finish it in one PUT (distribution 2.8 has no single-POST upload).
+        let session = http
+            .post(format!("{registry}/v2/{repository}/blobs/uploads/"))
             .send()
             .await
             .expect("upstream reachable");
         assert_eq!(
+            session.status().as_u16(),
+            202,
+            "blob upload session at the upstream"
+        );
+        let location = session.headers()["location"].to_str().unwrap().to_owned();
+        let location = if location.starts_with('/') {
+            format!("{registry}{location}")
+        } else {
+            location
+        };
+        let separator = if location.contains('?') { '&' } else { '?' };
+        let response = http
+            .put(format!("{location}{separator}digest={digest}"))
+            .header("Content-Type", "application/octet-stream")
+            .body(bytes.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
             response.status().as_u16(),
             201,
-            "monolithic blob upload to the upstream"
+            "blob upload to the upstream"
         );
     }
     let manifest = serde_json::to_vec(&json!({

@@ -320,6 +320,14 @@ impl Operator {
         )
     }
 
+    /// SIGKILL: a crash, no chance to release the Lease.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// SIGTERM, then wait: the graceful path (the leader releases its Lease).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
