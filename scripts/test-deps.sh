@@ -17,6 +17,8 @@ declare -A PKGS=(
   [jq]=/usr/bin/jq
   [openssl]=/usr/bin/openssl                   # fast sha256 of the 1 GiB test layer
   [ca-certificates]=/etc/ssl/certs/ca-certificates.crt
+  [curl]=/usr/bin/curl                         # conformance and control-plane scripts
+  [etcd-server]=/usr/bin/etcd                  # the control plane's store (operator tests)
 )
 
 # PyPI: moto's S3-compatible server, the bucket behind the S3 storage suite (tests/tests/s3.rs).
