@@ -143,7 +143,7 @@ pub fn markdown(run: &Run) -> String {
                 num(c, decimals),
                 ratio(a, b),
                 ratio(a, c),
-                verdict(ok)
+                if goal == "–" { "–" } else { verdict(ok) }
             );
         };
     let v = |s: Option<&SystemResult>, f: fn(&SystemResult) -> Option<f64>| s.and_then(f);
