@@ -104,10 +104,7 @@ fn default_upstream_url() -> String {
 
 impl Default for UpstreamSpec {
     fn default() -> Self {
-        Self {
-            url: default_upstream_url(),
-            credentials_secret_ref: None,
-        }
+        Self { url: default_upstream_url(), credentials_secret_ref: None }
     }
 }
 
@@ -143,11 +140,7 @@ fn default_service_port() -> i32 {
 
 impl Default for ServiceSpec {
     fn default() -> Self {
-        Self {
-            type_: ServiceType::default(),
-            port: default_service_port(),
-            node_port: None,
-        }
+        Self { type_: ServiceType::default(), port: default_service_port(), node_port: None }
     }
 }
 
@@ -277,8 +270,7 @@ pub struct DependencyProxyStatus {
 /// Where the generated CRD is checked in, relative to the workspace root.
 pub const CRD_FILE: &str = "crds/dependencyproxies.dependencyproxy.dev.yaml";
 /// The chart's copy (Helm installs files under a chart's `crds/` before its templates).
-pub const CHART_CRD_FILE: &str =
-    "charts/dependency-proxy-operator/crds/dependencyproxies.dependencyproxy.dev.yaml";
+pub const CHART_CRD_FILE: &str = "charts/dependency-proxy-operator/crds/dependencyproxies.dependencyproxy.dev.yaml";
 
 /// The CRD as YAML, exactly what `dependency-proxy-operator crd` prints and `crds/` holds.
 pub fn crd_yaml() -> String {
@@ -296,41 +288,21 @@ mod tests {
     #[test]
     fn crd_has_names_scale_and_columns() {
         let crd = DependencyProxy::crd();
-        assert_eq!(
-            crd.metadata.name.as_deref(),
-            Some("dependencyproxies.dependencyproxy.dev")
-        );
+        assert_eq!(crd.metadata.name.as_deref(), Some("dependencyproxies.dependencyproxy.dev"));
         assert_eq!(crd.spec.names.short_names, Some(vec!["dp".to_owned()]));
         let version = &crd.spec.versions[0];
-        let scale = version
-            .subresources
-            .as_ref()
-            .unwrap()
-            .scale
-            .as_ref()
-            .unwrap();
+        let scale = version.subresources.as_ref().unwrap().scale.as_ref().unwrap();
         assert_eq!(scale.spec_replicas_path, ".spec.replicas");
-        assert_eq!(
-            scale.label_selector_path.as_deref(),
-            Some(".status.selector")
-        );
-        let columns: Vec<_> = version
-            .additional_printer_columns
-            .as_ref()
-            .unwrap()
-            .iter()
-            .map(|c| c.name.as_str())
-            .collect();
+        assert_eq!(scale.label_selector_path.as_deref(), Some(".status.selector"));
+        let columns: Vec<_> =
+            version.additional_printer_columns.as_ref().unwrap().iter().map(|c| c.name.as_str()).collect();
         assert_eq!(columns, ["Group", "Ready", "Replicas", "URL", "Age"]);
     }
 
     #[test]
     fn crd_carries_the_cel_rules() {
         let yaml = crd_yaml();
-        for rule in [
-            "has(self.persistentVolume) != has(self.objectStore)",
-            "self.matches(",
-        ] {
+        for rule in ["has(self.persistentVolume) != has(self.objectStore)", "self.matches("] {
             assert!(yaml.contains(rule), "missing {rule} in\n{yaml}");
         }
     }
@@ -359,9 +331,6 @@ mod tests {
         assert_eq!(spec.upstream.url, DEFAULT_UPSTREAM_URL);
         assert_eq!(spec.service.port, 5000);
         assert_eq!(spec.service.type_, ServiceType::ClusterIP);
-        assert_eq!(
-            spec.storage.persistent_volume.unwrap().access_modes,
-            vec![AccessMode::ReadWriteOnce]
-        );
+        assert_eq!(spec.storage.persistent_volume.unwrap().access_modes, vec![AccessMode::ReadWriteOnce]);
     }
 }

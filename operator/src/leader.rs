@@ -44,11 +44,7 @@ pub enum Decision {
 /// leaseDurationSeconds` has passed; an empty holder means it was released.
 pub fn decide(lease: Option<&Lease>, identity: &str, now: Timestamp) -> Decision {
     let Some(spec) = lease.and_then(|l| l.spec.as_ref()) else {
-        return if lease.is_none() {
-            Decision::Create
-        } else {
-            Decision::TakeOver
-        };
+        return if lease.is_none() { Decision::Create } else { Decision::TakeOver };
     };
     let holder = spec.holder_identity.as_deref().unwrap_or("");
     if holder == identity {
@@ -59,9 +55,7 @@ pub fn decide(lease: Option<&Lease>, identity: &str, now: Timestamp) -> Decision
     }
     let duration = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(0)));
     match &spec.renew_time {
-        Some(MicroTime(renewed)) if *renewed + duration > now => Decision::Wait {
-            holder: holder.to_owned(),
-        },
+        Some(MicroTime(renewed)) if *renewed + duration > now => Decision::Wait { holder: holder.to_owned() },
         _ => Decision::TakeOver,
     }
 }
@@ -74,10 +68,7 @@ pub struct LeaderElector {
 
 impl LeaderElector {
     pub fn new(client: Client, config: LeaseConfig) -> Self {
-        Self {
-            api: Api::namespaced(client, &config.namespace),
-            config,
-        }
+        Self { api: Api::namespaced(client, &config.namespace), config }
     }
 
     pub fn config(&self) -> &LeaseConfig {
@@ -92,32 +83,19 @@ impl LeaderElector {
         let decision = decide(current.as_ref(), &self.config.identity, now);
         let result = match (&decision, current) {
             (Decision::Wait { .. }, _) => return Ok(false),
-            (Decision::Create, _) => {
-                self.api
-                    .create(&PostParams::default(), &self.fresh(now, 0))
-                    .await
-            }
+            (Decision::Create, _) => self.api.create(&PostParams::default(), &self.fresh(now, 0)).await,
             (Decision::Renew, Some(mut lease)) => {
                 let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
                 spec.renew_time = Some(MicroTime(now));
                 spec.lease_duration_seconds = Some(self.duration_secs());
-                self.api
-                    .replace(&self.config.name, &PostParams::default(), &lease)
-                    .await
+                self.api.replace(&self.config.name, &PostParams::default(), &lease).await
             }
             (Decision::TakeOver, Some(lease)) => {
-                let transitions = lease
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.lease_transitions)
-                    .unwrap_or(0)
-                    + 1;
+                let transitions = lease.spec.as_ref().and_then(|s| s.lease_transitions).unwrap_or(0) + 1;
                 let mut next = self.fresh(now, transitions);
                 // The resourceVersion makes the replace fail if another candidate won meanwhile.
                 next.metadata.resource_version = lease.resource_version();
-                self.api
-                    .replace(&self.config.name, &PostParams::default(), &next)
-                    .await
+                self.api.replace(&self.config.name, &PostParams::default(), &next).await
             }
             (Decision::Renew | Decision::TakeOver, None) => {
                 unreachable!("decide returns Create without a Lease")
@@ -191,11 +169,7 @@ impl LeaderElector {
         spec.holder_identity = None;
         spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(MicroTime(Timestamp::now()));
-        match self
-            .api
-            .replace(&self.config.name, &PostParams::default(), &lease)
-            .await
-        {
+        match self.api.replace(&self.config.name, &PostParams::default(), &lease).await {
             Ok(_) => tracing::info!("released the leader Lease"),
             Err(e) => tracing::warn!(error = %e, "cannot release the leader Lease"),
         }
@@ -247,25 +221,10 @@ mod tests {
     #[test]
     fn decisions() {
         assert_eq!(decide(None, "a", at(100)), Decision::Create);
-        assert_eq!(
-            decide(Some(&lease(Some("a"), 90, 15)), "a", at(100)),
-            Decision::Renew
-        );
-        assert_eq!(
-            decide(Some(&lease(Some("b"), 90, 15)), "a", at(100)),
-            Decision::Wait { holder: "b".into() }
-        );
-        assert_eq!(
-            decide(Some(&lease(Some("b"), 80, 15)), "a", at(100)),
-            Decision::TakeOver
-        );
-        assert_eq!(
-            decide(Some(&lease(None, 99, 15)), "a", at(100)),
-            Decision::TakeOver
-        );
-        assert_eq!(
-            decide(Some(&lease(Some(""), 99, 15)), "a", at(100)),
-            Decision::TakeOver
-        );
+        assert_eq!(decide(Some(&lease(Some("a"), 90, 15)), "a", at(100)), Decision::Renew);
+        assert_eq!(decide(Some(&lease(Some("b"), 90, 15)), "a", at(100)), Decision::Wait { holder: "b".into() });
+        assert_eq!(decide(Some(&lease(Some("b"), 80, 15)), "a", at(100)), Decision::TakeOver);
+        assert_eq!(decide(Some(&lease(None, 99, 15)), "a", at(100)), Decision::TakeOver);
+        assert_eq!(decide(Some(&lease(Some(""), 99, 15)), "a", at(100)), Decision::TakeOver);
     }
 }

@@ -12,16 +12,10 @@ use dependency_proxy_operator::reconcile::{self, Context};
 use tokio::sync::watch;
 
 /// The proxy image used when a DependencyProxy names none.
-const DEFAULT_PROXY_IMAGE: &str = concat!(
-    "ghcr.io/dependency-proxy/dependency-proxy:",
-    env!("CARGO_PKG_VERSION")
-);
+const DEFAULT_PROXY_IMAGE: &str = concat!("ghcr.io/dependency-proxy/dependency-proxy:", env!("CARGO_PKG_VERSION"));
 
 #[derive(Parser)]
-#[command(
-    version,
-    about = "Reconciles DependencyProxy resources into group proxies"
-)]
+#[command(version, about = "Reconciles DependencyProxy resources into group proxies")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -164,12 +158,7 @@ async fn run(args: RunArgs) -> Result<(), RunError> {
             _ = lost.changed() => {}
         }
     };
-    let ctx = Arc::new(Context::new(
-        client,
-        metrics.clone(),
-        args.proxy_image,
-        identity,
-    ));
+    let ctx = Arc::new(Context::new(client, metrics.clone(), args.proxy_image, identity));
     reconcile::run(ctx, args.watch_namespace, shutdown).await;
     metrics.leader.set(0);
     if *lost_rx.borrow_and_update() {
@@ -186,8 +175,7 @@ fn default_identity() -> String {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

@@ -43,38 +43,18 @@ impl Default for Metrics {
         let reconciles = Family::<ResultLabels, Counter>::default();
         registry.register("reconciles", "Reconciles by result", reconciles.clone());
         let errors = Family::<ErrorLabels, Counter>::default();
-        registry.register(
-            "reconcile_errors",
-            "Failed reconciles by error kind",
-            errors.clone(),
-        );
+        registry.register("reconcile_errors", "Failed reconciles by error kind", errors.clone());
         let duration = Histogram::new(exponential_buckets(0.005, 2.0, 12));
-        registry.register(
-            "reconcile_duration_seconds",
-            "Time one reconcile took",
-            duration.clone(),
-        );
+        registry.register("reconcile_duration_seconds", "Time one reconcile took", duration.clone());
         let leader = Gauge::default();
-        registry.register(
-            "leader",
-            "1 while this process is the leader",
-            leader.clone(),
-        );
-        Self {
-            registry,
-            reconciles,
-            errors,
-            duration,
-            leader,
-        }
+        registry.register("leader", "1 while this process is the leader", leader.clone());
+        Self { registry, reconciles, errors, duration, leader }
     }
 }
 
 impl Metrics {
     pub fn observe(&self, result: &'static str, error: Option<&'static str>, took: Duration) {
-        self.reconciles
-            .get_or_create(&ResultLabels { result })
-            .inc();
+        self.reconciles.get_or_create(&ResultLabels { result }).inc();
         if let Some(kind) = error {
             self.errors.get_or_create(&ErrorLabels { kind }).inc();
         }
@@ -84,20 +64,13 @@ impl Metrics {
     /// The text exposition format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
 }
 
 async fn metrics(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        metrics.encode(),
-    )
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics.encode())
 }
 
 /// The health endpoints answer as soon as the process runs, leader or standby: a standby is
@@ -126,17 +99,8 @@ mod tests {
         m.observe("applied", None, Duration::from_millis(20));
         m.observe("error", Some("apply"), Duration::from_millis(20));
         let text = m.encode();
-        assert!(
-            text.contains(r#"dependency_proxy_operator_reconciles_total{result="applied"} 1"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"dependency_proxy_operator_reconcile_errors_total{kind="apply"} 1"#),
-            "{text}"
-        );
-        assert!(
-            text.contains("dependency_proxy_operator_reconcile_duration_seconds_count 2"),
-            "{text}"
-        );
+        assert!(text.contains(r#"dependency_proxy_operator_reconciles_total{result="applied"} 1"#), "{text}");
+        assert!(text.contains(r#"dependency_proxy_operator_reconcile_errors_total{kind="apply"} 1"#), "{text}");
+        assert!(text.contains("dependency_proxy_operator_reconcile_duration_seconds_count 2"), "{text}");
     }
 }

@@ -57,16 +57,8 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(
-        client: Client,
-        metrics: Arc<Metrics>,
-        default_image: String,
-        instance: String,
-    ) -> Self {
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.to_owned(),
-            instance: Some(instance),
-        };
+    pub fn new(client: Client, metrics: Arc<Metrics>, default_image: String, instance: String) -> Self {
+        let reporter = Reporter { controller: FIELD_MANAGER.to_owned(), instance: Some(instance) };
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -89,19 +81,11 @@ pub async fn reconcile(dp: Arc<DependencyProxy>, ctx: Arc<Context>) -> Result<Ac
     let result = apply_all(&dp, &ctx).await;
     match &result {
         Ok((_, invalid)) => {
-            ctx.metrics.observe(
-                if *invalid { "invalid" } else { "applied" },
-                None,
-                start.elapsed(),
-            );
-            ctx.failures
-                .lock()
-                .expect("failure map lock")
-                .remove(&ObjectRef::from_obj(&*dp));
+            ctx.metrics.observe(if *invalid { "invalid" } else { "applied" }, None, start.elapsed());
+            ctx.failures.lock().expect("failure map lock").remove(&ObjectRef::from_obj(&*dp));
         }
         Err(e) => {
-            ctx.metrics
-                .observe("error", Some(e.kind()), start.elapsed());
+            ctx.metrics.observe("error", Some(e.kind()), start.elapsed());
             tracing::warn!(resource = %status::describe(&dp), error = %e, "reconcile failed");
             report_failure(&dp, &ctx, e).await;
         }
@@ -129,14 +113,7 @@ async fn apply_all(dp: &DependencyProxy, ctx: &Context) -> Result<(Action, bool)
             let message = invalid.to_string();
             tracing::info!(resource = %status::describe(dp), %message, "invalid spec");
             if !status::degraded_with(dp, reason::INVALID_SPEC, &message) {
-                publish(
-                    ctx,
-                    dp,
-                    EventType::Warning,
-                    event::INVALID_SPEC,
-                    message.clone(),
-                )
-                .await;
+                publish(ctx, dp, EventType::Warning, event::INVALID_SPEC, message.clone()).await;
             }
             patch_status(ctx, dp, &Outcome::InvalidSpec(message)).await?;
             // Nothing to retry: only a spec change can help, and it triggers a reconcile.
@@ -152,18 +129,12 @@ async fn apply_all(dp: &DependencyProxy, ctx: &Context) -> Result<(Action, bool)
         apply::<PersistentVolumeClaim>(&ctx.client, &ns, &claim).await?;
     }
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-    let before = deployments
-        .get_opt(&names.workload)
-        .await
-        .map_err(|source| Error::Read {
-            kind: "Deployment",
-            name: names.workload.clone(),
-            source,
-        })?;
-    let inputs = DeploymentInputs {
-        config_hash: &hash,
-        default_image: &ctx.default_image,
-    };
+    let before = deployments.get_opt(&names.workload).await.map_err(|source| Error::Read {
+        kind: "Deployment",
+        name: names.workload.clone(),
+        source,
+    })?;
+    let inputs = DeploymentInputs { config_hash: &hash, default_image: &ctx.default_image };
     let after = apply(&ctx.client, &ns, &deployment(dp, &inputs)).await?;
     apply::<Service>(&ctx.client, &ns, &service::service(dp)).await?;
 
@@ -187,28 +158,18 @@ pub fn changes(before: Option<&Deployment>, after: &Deployment) -> Vec<(&'static
     let Some(before) = before else {
         return vec![(
             event::CREATED,
-            format!(
-                "created Deployment {} and its ConfigMap and Service",
-                after.name_any()
-            ),
+            format!("created Deployment {} and its ConfigMap and Service", after.name_any()),
         )];
     };
     let mut out = Vec::new();
     if hash(before) != hash(after) {
-        out.push((
-            event::CONFIG_CHANGED,
-            "proxy configuration changed; rolling the pods".to_owned(),
-        ));
+        out.push((event::CONFIG_CHANGED, "proxy configuration changed; rolling the pods".to_owned()));
     }
     if replicas(before) != replicas(after) {
         let show = |r: Option<i32>| r.map_or_else(|| "unset".to_owned(), |r| r.to_string());
         out.push((
             event::SCALED,
-            format!(
-                "scaled from {} to {} replicas",
-                show(replicas(before)),
-                show(replicas(after))
-            ),
+            format!("scaled from {} to {} replicas", show(replicas(before)), show(replicas(after))),
         ));
     }
     out
@@ -217,25 +178,13 @@ pub fn changes(before: Option<&Deployment>, after: &Deployment) -> Vec<(&'static
 /// Server-side apply of one child, forcing ownership so hand edits of our fields are undone.
 async fn apply<K>(client: &Client, ns: &str, object: &K) -> Result<K, Error>
 where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Serialize
-        + DeserializeOwned
-        + Clone
-        + Debug,
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
 {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     let name = object.name_any();
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(object),
-    )
-    .await
-    .map_err(|source| Error::Apply {
-        kind: kind_of::<K>(),
-        name,
-        source,
-    })
+    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object))
+        .await
+        .map_err(|source| Error::Apply { kind: kind_of::<K>(), name, source })
 }
 
 fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
@@ -255,20 +204,15 @@ async fn patch_status(ctx: &Context, dp: &DependencyProxy, outcome: &Outcome) ->
     if dp.status.as_ref() == Some(&new) {
         return Ok(());
     }
-    let api: Api<DependencyProxy> =
-        Api::namespaced(ctx.client.clone(), &dp.namespace().unwrap_or_default());
+    let api: Api<DependencyProxy> = Api::namespaced(ctx.client.clone(), &dp.namespace().unwrap_or_default());
     let body = serde_json::json!({
         "apiVersion": format!("{API_GROUP}/{API_VERSION}"),
         "kind": "DependencyProxy",
         "status": new,
     });
-    api.patch_status(
-        &dp.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(Error::Status)?;
+    api.patch_status(&dp.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+        .await
+        .map_err(Error::Status)?;
     Ok(())
 }
 
@@ -276,14 +220,7 @@ async fn patch_status(ctx: &Context, dp: &DependencyProxy, outcome: &Outcome) ->
 async fn report_failure(dp: &DependencyProxy, ctx: &Context, error: &Error) {
     let message = error.to_string();
     if !status::degraded_with(dp, reason::RECONCILE_FAILED, &message) {
-        publish(
-            ctx,
-            dp,
-            EventType::Warning,
-            event::RECONCILE_FAILED,
-            message.clone(),
-        )
-        .await;
+        publish(ctx, dp, EventType::Warning, event::RECONCILE_FAILED, message.clone()).await;
     }
     if let Err(e) = patch_status(ctx, dp, &Outcome::Failed(message)).await {
         tracing::warn!(resource = %status::describe(dp), error = %e, "cannot record the failure in the status");
@@ -291,20 +228,9 @@ async fn report_failure(dp: &DependencyProxy, ctx: &Context, error: &Error) {
 }
 
 /// Events are advisory: a failure to publish one is logged, never fails the reconcile.
-async fn publish(
-    ctx: &Context,
-    dp: &DependencyProxy,
-    type_: EventType,
-    reason: &str,
-    note: String,
-) {
-    let event = Event {
-        type_,
-        reason: reason.to_owned(),
-        note: Some(note),
-        action: "Reconcile".to_owned(),
-        secondary: None,
-    };
+async fn publish(ctx: &Context, dp: &DependencyProxy, type_: EventType, reason: &str, note: String) {
+    let event =
+        Event { type_, reason: reason.to_owned(), note: Some(note), action: "Reconcile".to_owned(), secondary: None };
     if let Err(e) = ctx.recorder.publish(&event, &dp.object_ref(&())).await {
         tracing::warn!(resource = %status::describe(dp), error = %e, "cannot publish event");
     }
@@ -328,28 +254,22 @@ pub async fn run(
     let client = ctx.client.clone();
     let ns = namespace.as_deref();
     // Only children carrying our managed-by label are watched: less memory in big clusters.
-    let children = watcher::Config::default().labels(&format!(
-        "{}={}",
-        crate::build::LABEL_MANAGED_BY,
-        crate::build::MANAGED_BY
-    ));
-    Controller::new(
-        api::<DependencyProxy>(&client, ns),
-        watcher::Config::default(),
-    )
-    .owns(api::<Deployment>(&client, ns), children.clone())
-    .owns(api::<ConfigMap>(&client, ns), children.clone())
-    .owns(api::<Service>(&client, ns), children.clone())
-    .owns(api::<PersistentVolumeClaim>(&client, ns), children)
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
-    .for_each(|result| async move {
-        match result {
-            Ok((object, _)) => tracing::debug!(%object, "reconciled"),
-            Err(e) => tracing::debug!(error = %e, "controller event"),
-        }
-    })
-    .await;
+    let children =
+        watcher::Config::default().labels(&format!("{}={}", crate::build::LABEL_MANAGED_BY, crate::build::MANAGED_BY));
+    Controller::new(api::<DependencyProxy>(&client, ns), watcher::Config::default())
+        .owns(api::<Deployment>(&client, ns), children.clone())
+        .owns(api::<ConfigMap>(&client, ns), children.clone())
+        .owns(api::<Service>(&client, ns), children.clone())
+        .owns(api::<PersistentVolumeClaim>(&client, ns), children)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(%object, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "controller event"),
+            }
+        })
+        .await;
 }
 
 #[cfg(test)]
@@ -368,24 +288,12 @@ mod tests {
     #[test]
     fn changes_name_creation_config_and_scale() {
         let dp = pv_proxy();
-        let a = deployment(
-            &dp,
-            &DeploymentInputs {
-                config_hash: "a",
-                default_image: "i",
-            },
-        );
+        let a = deployment(&dp, &DeploymentInputs { config_hash: "a", default_image: "i" });
         assert_eq!(changes(None, &a)[0].0, event::CREATED);
         assert!(changes(Some(&a), &a).is_empty());
         let mut scaled = dp.clone();
         scaled.spec.replicas = 4;
-        let b = deployment(
-            &scaled,
-            &DeploymentInputs {
-                config_hash: "b",
-                default_image: "i",
-            },
-        );
+        let b = deployment(&scaled, &DeploymentInputs { config_hash: "b", default_image: "i" });
         let reasons: Vec<_> = changes(Some(&a), &b).into_iter().map(|(r, _)| r).collect();
         assert_eq!(reasons, [event::CONFIG_CHANGED, event::SCALED]);
     }

@@ -39,11 +39,7 @@ pub struct Rollout {
 
 impl Rollout {
     pub fn of(deployment: &Deployment) -> Self {
-        let desired = deployment
-            .spec
-            .as_ref()
-            .and_then(|s| s.replicas)
-            .unwrap_or(1);
+        let desired = deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
         let status = deployment.status.clone().unwrap_or_default();
         Self {
             desired,
@@ -57,10 +53,7 @@ impl Rollout {
 
     /// Every desired pod runs the latest template, is ready, and no old pod is left.
     pub fn complete(&self) -> bool {
-        self.observed
-            && self.updated == self.desired
-            && self.ready == self.desired
-            && self.replicas == self.desired
+        self.observed && self.updated == self.desired && self.ready == self.desired && self.replicas == self.desired
     }
 }
 
@@ -88,34 +81,19 @@ pub fn status(dp: &DependencyProxy, outcome: &Outcome, now: Timestamp) -> Depend
         conditions: previous.conditions.clone(),
     };
     let conditions = &mut status.conditions;
-    let set =
-        |conditions: &mut Vec<Condition>, type_: &str, ok: bool, reason: &str, message: String| {
-            set_condition(conditions, type_, ok, reason, message, generation, now);
-        };
+    let set = |conditions: &mut Vec<Condition>, type_: &str, ok: bool, reason: &str, message: String| {
+        set_condition(conditions, type_, ok, reason, message, generation, now);
+    };
     match outcome {
         Outcome::Applied(rollout) => {
             let (ready, ready_reason, ready_message) = if rollout.desired == 0 {
                 (false, reason::SCALED_TO_ZERO, "replicas is 0".to_owned())
             } else if rollout.complete() {
-                (
-                    true,
-                    reason::ALL_REPLICAS_READY,
-                    format!("{} of {} replicas ready", rollout.ready, rollout.desired),
-                )
+                (true, reason::ALL_REPLICAS_READY, format!("{} of {} replicas ready", rollout.ready, rollout.desired))
             } else {
-                (
-                    false,
-                    reason::REPLICAS_NOT_READY,
-                    format!("{} of {} replicas ready", rollout.ready, rollout.desired),
-                )
+                (false, reason::REPLICAS_NOT_READY, format!("{} of {} replicas ready", rollout.ready, rollout.desired))
             };
-            set(
-                conditions,
-                CONDITION_READY,
-                ready,
-                ready_reason,
-                ready_message,
-            );
+            set(conditions, CONDITION_READY, ready, ready_reason, ready_message);
             if rollout.complete() || rollout.desired == 0 {
                 set(
                     conditions,
@@ -125,70 +103,25 @@ pub fn status(dp: &DependencyProxy, outcome: &Outcome, now: Timestamp) -> Depend
                     "the Deployment is up to date".into(),
                 );
             } else {
-                let message = format!(
-                    "{} of {} replicas updated, {} ready",
-                    rollout.updated, rollout.desired, rollout.ready
-                );
-                set(
-                    conditions,
-                    CONDITION_PROGRESSING,
-                    true,
-                    reason::ROLLING_OUT,
-                    message,
-                );
+                let message =
+                    format!("{} of {} replicas updated, {} ready", rollout.updated, rollout.desired, rollout.ready);
+                set(conditions, CONDITION_PROGRESSING, true, reason::ROLLING_OUT, message);
             }
-            set(
-                conditions,
-                CONDITION_DEGRADED,
-                false,
-                reason::RECONCILED,
-                "all children applied".into(),
-            );
+            set(conditions, CONDITION_DEGRADED, false, reason::RECONCILED, "all children applied".into());
         }
         Outcome::InvalidSpec(message) => {
-            set(
-                conditions,
-                CONDITION_READY,
-                false,
-                reason::INVALID_SPEC,
-                message.clone(),
-            );
-            set(
-                conditions,
-                CONDITION_PROGRESSING,
-                false,
-                reason::INVALID_SPEC,
-                "waiting for a spec change".into(),
-            );
-            set(
-                conditions,
-                CONDITION_DEGRADED,
-                true,
-                reason::INVALID_SPEC,
-                message.clone(),
-            );
+            set(conditions, CONDITION_READY, false, reason::INVALID_SPEC, message.clone());
+            set(conditions, CONDITION_PROGRESSING, false, reason::INVALID_SPEC, "waiting for a spec change".into());
+            set(conditions, CONDITION_DEGRADED, true, reason::INVALID_SPEC, message.clone());
         }
         Outcome::Failed(message) => {
             // Ready and Progressing still describe the pods; only make sure they exist.
             for type_ in [CONDITION_READY, CONDITION_PROGRESSING] {
                 if !conditions.iter().any(|c| c.type_ == type_) {
-                    conditions.push(condition(
-                        type_,
-                        "Unknown",
-                        reason::UNKNOWN,
-                        String::new(),
-                        generation,
-                        now,
-                    ));
+                    conditions.push(condition(type_, "Unknown", reason::UNKNOWN, String::new(), generation, now));
                 }
             }
-            set(
-                conditions,
-                CONDITION_DEGRADED,
-                true,
-                reason::RECONCILE_FAILED,
-                message.clone(),
-            );
+            set(conditions, CONDITION_DEGRADED, true, reason::RECONCILE_FAILED, message.clone());
         }
     }
     if let Outcome::Applied(rollout) = outcome {
@@ -268,13 +201,7 @@ mod tests {
     }
 
     fn rollout(desired: i32, ready: i32, updated: i32) -> Rollout {
-        Rollout {
-            desired,
-            replicas: desired,
-            ready,
-            updated,
-            observed: true,
-        }
+        Rollout { desired, replicas: desired, ready, updated, observed: true }
     }
 
     #[test]
@@ -286,10 +213,7 @@ mod tests {
         assert_eq!(find(&s, CONDITION_DEGRADED).unwrap().status, "False");
         assert_eq!((s.replicas, s.ready_replicas), (2, 2));
         assert_eq!(s.observed_generation, Some(3));
-        assert_eq!(
-            s.url.as_deref(),
-            Some("acme.ci.svc:5000/acme/dependency_proxy/containers")
-        );
+        assert_eq!(s.url.as_deref(), Some("acme.ci.svc:5000/acme/dependency_proxy/containers"));
         assert_eq!(
             s.selector.as_deref(),
             Some("app.kubernetes.io/instance=acme,app.kubernetes.io/name=dependency-proxy")
@@ -300,15 +224,9 @@ mod tests {
     fn rolling_out_is_progressing_not_ready() {
         let s = status(&pv_proxy(), &Outcome::Applied(rollout(3, 3, 1)), t(0));
         let ready = find(&s, CONDITION_READY).unwrap();
-        assert_eq!(
-            (ready.status.as_str(), ready.reason.as_str()),
-            ("False", reason::REPLICAS_NOT_READY)
-        );
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", reason::REPLICAS_NOT_READY));
         assert_eq!(find(&s, CONDITION_PROGRESSING).unwrap().status, "True");
-        let unobserved = Rollout {
-            observed: false,
-            ..rollout(1, 1, 1)
-        };
+        let unobserved = Rollout { observed: false, ..rollout(1, 1, 1) };
         assert!(!unobserved.complete());
     }
 
@@ -317,38 +235,18 @@ mod tests {
         let mut dp = pv_proxy();
         dp.status = Some(status(&dp, &Outcome::Applied(rollout(1, 0, 1)), t(0)));
         let again = status(&dp, &Outcome::Applied(rollout(1, 0, 1)), t(10));
-        assert_eq!(
-            find(&again, CONDITION_READY).unwrap().last_transition_time,
-            Time(t(0))
-        );
+        assert_eq!(find(&again, CONDITION_READY).unwrap().last_transition_time, Time(t(0)));
         dp.status = Some(again);
         let flipped = status(&dp, &Outcome::Applied(rollout(1, 1, 1)), t(20));
-        assert_eq!(
-            find(&flipped, CONDITION_READY)
-                .unwrap()
-                .last_transition_time,
-            Time(t(20))
-        );
-        assert_eq!(
-            find(&flipped, CONDITION_DEGRADED)
-                .unwrap()
-                .last_transition_time,
-            Time(t(0))
-        );
+        assert_eq!(find(&flipped, CONDITION_READY).unwrap().last_transition_time, Time(t(20)));
+        assert_eq!(find(&flipped, CONDITION_DEGRADED).unwrap().last_transition_time, Time(t(0)));
     }
 
     #[test]
     fn invalid_spec_is_degraded_with_its_message() {
-        let s = status(
-            &pv_proxy(),
-            &Outcome::InvalidSpec("replicas is 2 but…".into()),
-            t(0),
-        );
+        let s = status(&pv_proxy(), &Outcome::InvalidSpec("replicas is 2 but…".into()), t(0));
         let degraded = find(&s, CONDITION_DEGRADED).unwrap();
-        assert_eq!(
-            (degraded.status.as_str(), degraded.reason.as_str()),
-            ("True", reason::INVALID_SPEC)
-        );
+        assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", reason::INVALID_SPEC));
         assert_eq!(degraded.message, "replicas is 2 but…");
         assert_eq!(find(&s, CONDITION_READY).unwrap().status, "False");
     }
@@ -361,16 +259,9 @@ mod tests {
         assert_eq!(find(&s, CONDITION_READY).unwrap().status, "True");
         assert_eq!(s.ready_replicas, 1);
         let degraded = find(&s, CONDITION_DEGRADED).unwrap();
-        assert_eq!(
-            (degraded.status.as_str(), degraded.reason.as_str()),
-            ("True", reason::RECONCILE_FAILED)
-        );
+        assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", reason::RECONCILE_FAILED));
         dp.status = Some(s);
-        assert!(degraded_with(
-            &dp,
-            reason::RECONCILE_FAILED,
-            "apiserver said 500"
-        ));
+        assert!(degraded_with(&dp, reason::RECONCILE_FAILED, "apiserver said 500"));
         let fresh = status(&pv_proxy(), &Outcome::Failed("x".into()), t(0));
         assert_eq!(find(&fresh, CONDITION_READY).unwrap().status, "Unknown");
     }

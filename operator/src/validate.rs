@@ -10,9 +10,7 @@ use crate::crd::{AccessMode, DependencyProxySpec, ServiceType};
 /// Why a spec cannot be turned into a working proxy.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
-    #[error(
-        "group {0:?} is not one path component (lowercase letters and digits separated by '.', '_', '__' or '-')"
-    )]
+    #[error("group {0:?} is not one path component (lowercase letters and digits separated by '.', '_', '__' or '-')")]
     BadGroup(String),
     #[error("storage needs exactly one of persistentVolume or objectStore")]
     StorageChoice,
@@ -72,10 +70,7 @@ mod tests {
             let err = check_json(serde_json::json!({
                 "group": group, "storage": {"persistentVolume": {"size": "1Gi"}}
             }));
-            assert!(
-                matches!(err, Err(SpecError::BadGroup(_))),
-                "{group}: {err:?}"
-            );
+            assert!(matches!(err, Err(SpecError::BadGroup(_))), "{group}: {err:?}");
         }
     }
 
@@ -101,10 +96,8 @@ mod tests {
 
     #[test]
     fn node_port_needs_a_node_port_service() {
-        let err = check_json(
-            serde_json::json!({"group": "acme", "service": {"nodePort": 30500},
-            "storage": {"objectStore": {"url": "s3://b/p"}}}),
-        );
+        let err = check_json(serde_json::json!({"group": "acme", "service": {"nodePort": 30500},
+            "storage": {"objectStore": {"url": "s3://b/p"}}}));
         assert!(matches!(err, Err(SpecError::NodePortWithClusterIp)));
     }
 }

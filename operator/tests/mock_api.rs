@@ -58,15 +58,9 @@ fn serve(
             let bytes = body.collect().await.unwrap().to_bytes();
             let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             let path = parts.uri.path().to_owned();
-            let failure = failures
-                .iter()
-                .find(|(m, suffix, _)| *m == parts.method && path.ends_with(suffix));
+            let failure = failures.iter().find(|(m, suffix, _)| *m == parts.method && path.ends_with(suffix));
             let (code, reply) = if let Some((_, _, code)) = failure {
-                let reason = if *code == 409 {
-                    "Conflict"
-                } else {
-                    "InternalError"
-                };
+                let reason = if *code == 409 { "Conflict" } else { "InternalError" };
                 (*code, status_body(*code, reason))
             } else if parts.method == Method::GET {
                 match (&lease, path.contains("/leases/")) {
@@ -80,11 +74,7 @@ fn serve(
             } else {
                 (200, bytes.to_vec())
             };
-            seen.push(Seen {
-                method: parts.method,
-                path,
-                body,
-            });
+            seen.push(Seen { method: parts.method, path, body });
             respond.send_response(
                 Response::builder()
                     .status(StatusCode::from_u16(code).unwrap())
@@ -98,12 +88,7 @@ fn serve(
 }
 
 fn context(client: Client) -> Arc<Context> {
-    Arc::new(Context::new(
-        client,
-        Arc::new(Metrics::default()),
-        "example/proxy:1".into(),
-        "test".into(),
-    ))
+    Arc::new(Context::new(client, Arc::new(Metrics::default()), "example/proxy:1".into(), "test".into()))
 }
 
 fn dp() -> Arc<DependencyProxy> {
@@ -127,77 +112,40 @@ fn degraded(seen: &[Seen]) -> Value {
 #[tokio::test]
 async fn apiserver_500_on_apply_fails_the_reconcile_and_shows_in_degraded() {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-    let server = serve(
-        handle,
-        vec![(Method::PATCH, "/configmaps/acme-config", 500)],
-        None,
-    );
+    let server = serve(handle, vec![(Method::PATCH, "/configmaps/acme-config", 500)], None);
     let ctx = context(Client::new(service, "default"));
 
     let result = reconcile::reconcile(dp(), ctx.clone()).await;
-    let Err(Error::Apply {
-        kind: "ConfigMap",
-        name,
-        source,
-    }) = &result
-    else {
+    let Err(Error::Apply { kind: "ConfigMap", name, source }) = &result else {
         panic!("expected a ConfigMap apply error, got {result:?}");
     };
     assert_eq!(name, "acme-config");
-    assert!(
-        matches!(source, kube::Error::Api(s) if s.code == 500),
-        "{source:?}"
-    );
+    assert!(matches!(source, kube::Error::Api(s) if s.code == 500), "{source:?}");
     let metrics = ctx.metrics.encode();
-    assert!(
-        metrics.contains(r#"dependency_proxy_operator_reconcile_errors_total{kind="apply"} 1"#),
-        "{metrics}"
-    );
+    assert!(metrics.contains(r#"dependency_proxy_operator_reconcile_errors_total{kind="apply"} 1"#), "{metrics}");
 
     // Backoff grows with consecutive failures of the same resource.
     let error = result.unwrap_err();
-    assert_eq!(
-        reconcile::error_policy(dp(), &error, ctx.clone()),
-        Action::requeue(Duration::from_secs(1))
-    );
-    assert_eq!(
-        reconcile::error_policy(dp(), &error, ctx.clone()),
-        Action::requeue(Duration::from_secs(2))
-    );
+    assert_eq!(reconcile::error_policy(dp(), &error, ctx.clone()), Action::requeue(Duration::from_secs(1)));
+    assert_eq!(reconcile::error_policy(dp(), &error, ctx.clone()), Action::requeue(Duration::from_secs(2)));
     drop(ctx);
 
     let seen = server.await.unwrap();
     let condition = degraded(&seen);
     assert_eq!(condition["status"], "True");
     assert_eq!(condition["reason"], "ReconcileFailed");
-    assert!(
-        condition["message"]
-            .as_str()
-            .unwrap()
-            .contains("applying ConfigMap acme-config"),
-        "{condition}"
-    );
-    let event = seen
-        .iter()
-        .find(|s| s.path.ends_with("/events"))
-        .expect("a Warning event");
+    assert!(condition["message"].as_str().unwrap().contains("applying ConfigMap acme-config"), "{condition}");
+    let event = seen.iter().find(|s| s.path.ends_with("/events")).expect("a Warning event");
     assert_eq!(event.body["type"], "Warning");
     assert_eq!(event.body["reason"], "ReconcileFailed");
     // Nothing after the failed write was attempted.
-    assert!(
-        !seen.iter().any(|s| s.path.contains("/deployments")),
-        "{seen:?}"
-    );
+    assert!(!seen.iter().any(|s| s.path.contains("/deployments")), "{seen:?}");
 }
 
 #[tokio::test]
 async fn conflict_on_the_deployment_is_an_error_not_a_panic() {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-    let server = serve(
-        handle,
-        vec![(Method::PATCH, "/deployments/acme", 409)],
-        None,
-    );
+    let server = serve(handle, vec![(Method::PATCH, "/deployments/acme", 409)], None);
     let ctx = context(Client::new(service, "default"));
 
     let result = reconcile::reconcile(dp(), ctx.clone()).await;
@@ -208,14 +156,8 @@ async fn conflict_on_the_deployment_is_an_error_not_a_panic() {
     drop(ctx);
     let seen = server.await.unwrap();
     // ConfigMap and PVC were applied before; the Service after the Deployment was not.
-    assert!(
-        seen.iter()
-            .any(|s| s.path.ends_with("/configmaps/acme-config"))
-    );
-    assert!(
-        seen.iter()
-            .any(|s| s.path.ends_with("/persistentvolumeclaims/acme-cache"))
-    );
+    assert!(seen.iter().any(|s| s.path.ends_with("/configmaps/acme-config")));
+    assert!(seen.iter().any(|s| s.path.ends_with("/persistentvolumeclaims/acme-cache")));
     assert!(!seen.iter().any(|s| s.path.contains("/services/")));
     assert_eq!(degraded(&seen)["reason"], "ReconcileFailed");
 }
@@ -223,17 +165,10 @@ async fn conflict_on_the_deployment_is_an_error_not_a_panic() {
 #[tokio::test]
 async fn status_write_failure_is_reported_as_a_status_error() {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-    let server = serve(
-        handle,
-        vec![(Method::PATCH, "/dependencyproxies/acme/status", 503)],
-        None,
-    );
+    let server = serve(handle, vec![(Method::PATCH, "/dependencyproxies/acme/status", 503)], None);
     let ctx = context(Client::new(service, "default"));
     let result = reconcile::reconcile(dp(), ctx.clone()).await;
-    assert!(
-        matches!(&result, Err(Error::Status(kube::Error::Api(s))) if s.code == 503),
-        "{result:?}"
-    );
+    assert!(matches!(&result, Err(Error::Status(kube::Error::Api(s))) if s.code == 503), "{result:?}");
     drop(ctx);
     server.await.unwrap();
 }
@@ -263,24 +198,12 @@ fn expired_lease() -> Value {
 #[tokio::test]
 async fn losing_the_race_for_an_expired_lease_is_not_leadership() {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-    let server = serve(
-        handle,
-        vec![(Method::PUT, "/leases/op", 409)],
-        Some(expired_lease()),
-    );
+    let server = serve(handle, vec![(Method::PUT, "/leases/op", 409)], Some(expired_lease()));
     let elector = elector(Client::new(service, "default"));
-    assert!(
-        !elector
-            .try_acquire_or_renew()
-            .await
-            .expect("a 409 is a lost race, not an error")
-    );
+    assert!(!elector.try_acquire_or_renew().await.expect("a 409 is a lost race, not an error"));
     drop(elector);
     let seen = server.await.unwrap();
-    let put = seen
-        .iter()
-        .find(|s| s.method == Method::PUT)
-        .expect("a takeover attempt");
+    let put = seen.iter().find(|s| s.method == Method::PUT).expect("a takeover attempt");
     // The takeover carried the resourceVersion it read, which is what makes the 409 possible.
     assert_eq!(put.body["metadata"]["resourceVersion"], "42");
     assert_eq!(put.body["spec"]["holderIdentity"], "me");
@@ -290,16 +213,9 @@ async fn losing_the_race_for_an_expired_lease_is_not_leadership() {
 #[tokio::test]
 async fn lease_5xx_is_an_error() {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-    let server = serve(
-        handle,
-        vec![(Method::PUT, "/leases/op", 500)],
-        Some(expired_lease()),
-    );
+    let server = serve(handle, vec![(Method::PUT, "/leases/op", 500)], Some(expired_lease()));
     let elector = elector(Client::new(service, "default"));
-    let err = elector
-        .try_acquire_or_renew()
-        .await
-        .expect_err("a 500 is an error");
+    let err = elector.try_acquire_or_renew().await.expect_err("a 500 is an error");
     assert!(matches!(err, kube::Error::Api(s) if s.code == 500));
     drop(elector);
     server.await.unwrap();

@@ -28,11 +28,8 @@ pub fn proxy_config(spec: &DependencyProxySpec) -> Result<Config, SpecError> {
     // Structured logs: cluster log pipelines parse JSON.
     config.log.format = LogFormat::Json;
 
-    config.upstream.url =
-        Url::parse(&spec.upstream.url).map_err(|e| SpecError::BadUpstreamUrl {
-            url: spec.upstream.url.clone(),
-            reason: e.to_string(),
-        })?;
+    config.upstream.url = Url::parse(&spec.upstream.url)
+        .map_err(|e| SpecError::BadUpstreamUrl { url: spec.upstream.url.clone(), reason: e.to_string() })?;
 
     config.storage.spool_dir = Some(SPOOL_DIR.into());
     if spec.storage.persistent_volume.is_some() {
@@ -41,10 +38,8 @@ pub fn proxy_config(spec: &DependencyProxySpec) -> Result<Config, SpecError> {
         config.storage.url = store.url.clone();
         config.storage.region = store.region.clone();
         if let Some(endpoint) = &store.endpoint {
-            let url = Url::parse(endpoint).map_err(|e| SpecError::BadEndpoint {
-                url: endpoint.clone(),
-                reason: e.to_string(),
-            })?;
+            let url = Url::parse(endpoint)
+                .map_err(|e| SpecError::BadEndpoint { url: endpoint.clone(), reason: e.to_string() })?;
             // An in-cluster MinIO is commonly plain HTTP; saying so in the spec is consent enough.
             config.storage.allow_http = url.scheme() == "http";
             config.storage.endpoint = Some(url);
@@ -85,18 +80,9 @@ mod tests {
         let config = proxy_config(&pv_proxy().spec).unwrap();
         assert_eq!(config.groups, vec!["acme"]);
         assert_eq!(config.listen.to_string(), "0.0.0.0:5000");
-        assert_eq!(
-            config.storage.location().unwrap(),
-            StorageLocation::Filesystem(CACHE_DIR.into())
-        );
-        assert_eq!(
-            config.storage.spool_dir.as_deref(),
-            Some(std::path::Path::new(SPOOL_DIR))
-        );
-        assert_eq!(
-            config.upstream.url.as_str(),
-            "https://registry-1.docker.io/"
-        );
+        assert_eq!(config.storage.location().unwrap(), StorageLocation::Filesystem(CACHE_DIR.into()));
+        assert_eq!(config.storage.spool_dir.as_deref(), Some(std::path::Path::new(SPOOL_DIR)));
+        assert_eq!(config.upstream.url.as_str(), "https://registry-1.docker.io/");
         assert!(config.tls.is_none());
         assert!(!config.mirror);
     }
@@ -113,15 +99,9 @@ mod tests {
         let config = proxy_config(&s3_proxy().spec).unwrap();
         assert_eq!(
             config.storage.location().unwrap(),
-            StorageLocation::S3 {
-                bucket: "cache".into(),
-                prefix: "acme".into()
-            }
+            StorageLocation::S3 { bucket: "cache".into(), prefix: "acme".into() }
         );
-        assert_eq!(
-            config.storage.endpoint.unwrap().as_str(),
-            "http://minio.storage:9000/"
-        );
+        assert_eq!(config.storage.endpoint.unwrap().as_str(), "http://minio.storage:9000/");
         assert_eq!(config.storage.region.as_deref(), Some("eu-west-1"));
         assert!(config.storage.allow_http);
         assert_eq!(config.upstream.url.host_str(), Some("registry.example.com"));
@@ -137,36 +117,21 @@ mod tests {
 
     #[test]
     fn tls_points_at_the_mounted_secret() {
-        let dp = proxy(
-            serde_json::json!({"group": "acme", "tls": {"secretRef": {"name": "acme-tls"}},
-            "storage": {"persistentVolume": {"size": "1Gi"}}}),
-        );
+        let dp = proxy(serde_json::json!({"group": "acme", "tls": {"secretRef": {"name": "acme-tls"}},
+            "storage": {"persistentVolume": {"size": "1Gi"}}}));
         let tls = proxy_config(&dp.spec).unwrap().tls.unwrap();
-        assert_eq!(
-            tls.cert_file.to_str(),
-            Some("/etc/dependency-proxy/tls/tls.crt")
-        );
-        assert_eq!(
-            tls.key_file.to_str(),
-            Some("/etc/dependency-proxy/tls/tls.key")
-        );
+        assert_eq!(tls.cert_file.to_str(), Some("/etc/dependency-proxy/tls/tls.crt"));
+        assert_eq!(tls.key_file.to_str(), Some("/etc/dependency-proxy/tls/tls.key"));
     }
 
     #[test]
     fn proxy_validation_failures_surface() {
-        let dp = proxy(
-            serde_json::json!({"group": "acme", "upstream": {"url": "ftp://x"},
-            "storage": {"persistentVolume": {"size": "1Gi"}}}),
-        );
+        let dp = proxy(serde_json::json!({"group": "acme", "upstream": {"url": "ftp://x"},
+            "storage": {"persistentVolume": {"size": "1Gi"}}}));
         assert!(matches!(proxy_config(&dp.spec), Err(SpecError::Config(_))));
-        let dp = proxy(
-            serde_json::json!({"group": "acme", "upstream": {"url": "not a url"},
-            "storage": {"persistentVolume": {"size": "1Gi"}}}),
-        );
-        assert!(matches!(
-            proxy_config(&dp.spec),
-            Err(SpecError::BadUpstreamUrl { .. })
-        ));
+        let dp = proxy(serde_json::json!({"group": "acme", "upstream": {"url": "not a url"},
+            "storage": {"persistentVolume": {"size": "1Gi"}}}));
+        assert!(matches!(proxy_config(&dp.spec), Err(SpecError::BadUpstreamUrl { .. })));
     }
 
     #[test]

@@ -13,10 +13,7 @@ use crate::crd::DependencyProxy;
 pub fn config_map(dp: &DependencyProxy, rendered: &str) -> ConfigMap {
     ConfigMap {
         metadata: child_meta(dp, &ChildNames::of(dp).config_map),
-        data: Some(BTreeMap::from([(
-            CONFIG_FILE_KEY.to_owned(),
-            rendered.to_owned(),
-        )])),
+        data: Some(BTreeMap::from([(CONFIG_FILE_KEY.to_owned(), rendered.to_owned())])),
         ..Default::default()
     }
 }

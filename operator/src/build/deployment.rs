@@ -2,14 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{
-    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
-};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
-    Volume, VolumeMount,
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -97,10 +94,7 @@ pub fn deployment(dp: &DependencyProxy, inputs: &DeploymentInputs<'_>) -> Deploy
         mounts.push(mount("tls", TLS_DIR, true));
         volumes.push(Volume {
             name: "tls".into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(tls.secret_ref.name.clone()),
-                ..Default::default()
-            }),
+            secret: Some(SecretVolumeSource { secret_name: Some(tls.secret_ref.name.clone()), ..Default::default() }),
             ..Default::default()
         });
     }
@@ -110,35 +104,15 @@ pub fn deployment(dp: &DependencyProxy, inputs: &DeploymentInputs<'_>) -> Deploy
         env.push(secret_env(ENV_UPSTREAM_USERNAME, &secret.name, "username"));
         env.push(secret_env(ENV_UPSTREAM_PASSWORD, &secret.name, "password"));
     }
-    if let Some(secret) = spec
-        .storage
-        .object_store
-        .as_ref()
-        .and_then(|s| s.secret_ref.as_ref())
-    {
-        env.push(secret_env(
-            ENV_AWS_ACCESS_KEY_ID,
-            &secret.name,
-            ENV_AWS_ACCESS_KEY_ID,
-        ));
-        env.push(secret_env(
-            ENV_AWS_SECRET_ACCESS_KEY,
-            &secret.name,
-            ENV_AWS_SECRET_ACCESS_KEY,
-        ));
+    if let Some(secret) = spec.storage.object_store.as_ref().and_then(|s| s.secret_ref.as_ref()) {
+        env.push(secret_env(ENV_AWS_ACCESS_KEY_ID, &secret.name, ENV_AWS_ACCESS_KEY_ID));
+        env.push(secret_env(ENV_AWS_SECRET_ACCESS_KEY, &secret.name, ENV_AWS_SECRET_ACCESS_KEY));
     }
 
     let container = Container {
         name: CONTAINER_NAME.into(),
-        image: Some(
-            spec.image
-                .clone()
-                .unwrap_or_else(|| inputs.default_image.to_owned()),
-        ),
-        args: Some(vec![
-            "--config".into(),
-            format!("{CONFIG_DIR}/{CONFIG_FILE_KEY}"),
-        ]),
+        image: Some(spec.image.clone().unwrap_or_else(|| inputs.default_image.to_owned())),
+        args: Some(vec!["--config".into(), format!("{CONFIG_DIR}/{CONFIG_FILE_KEY}")]),
         ports: Some(vec![ContainerPort {
             name: Some(PORT_NAME.into()),
             container_port: i32::from(PROXY_PORT),
@@ -156,10 +130,7 @@ pub fn deployment(dp: &DependencyProxy, inputs: &DeploymentInputs<'_>) -> Deploy
             run_as_group: Some(RUN_AS),
             read_only_root_filesystem: Some(true),
             allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                add: None,
-            }),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
             ..Default::default()
         }),
         ..Default::default()
@@ -169,10 +140,7 @@ pub fn deployment(dp: &DependencyProxy, inputs: &DeploymentInputs<'_>) -> Deploy
         metadata: child_meta(dp, &names.workload),
         spec: Some(DeploymentSpec {
             replicas: Some(spec.replicas),
-            selector: LabelSelector {
-                match_labels: Some(selector_labels(dp)),
-                match_expressions: None,
-            },
+            selector: LabelSelector { match_labels: Some(selector_labels(dp)), match_expressions: None },
             strategy: Some(strategy(dp)),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
@@ -237,22 +205,14 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
 }
 
 fn empty_dir(name: &str) -> Volume {
-    Volume {
-        name: name.into(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
-        ..Default::default()
-    }
+    Volume { name: name.into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() }
 }
 
 fn secret_env(var: &str, secret: &str, key: &str) -> EnvVar {
     EnvVar {
         name: var.into(),
         value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: secret.into(),
-                key: key.into(),
-                optional: None,
-            }),
+            secret_key_ref: Some(SecretKeySelector { name: secret.into(), key: key.into(), optional: None }),
             ..Default::default()
         }),
         ..Default::default()
@@ -264,10 +224,8 @@ mod tests {
     use super::*;
     use crate::build::fixtures::{proxy, pv_proxy, s3_proxy};
 
-    const INPUTS: DeploymentInputs<'static> = DeploymentInputs {
-        config_hash: "abc123",
-        default_image: "example/dependency-proxy:1",
-    };
+    const INPUTS: DeploymentInputs<'static> =
+        DeploymentInputs { config_hash: "abc123", default_image: "example/dependency-proxy:1" };
 
     fn pod(d: &Deployment) -> (&PodTemplateSpec, &Container) {
         let template = &d.spec.as_ref().unwrap().template;
@@ -282,37 +240,13 @@ mod tests {
         assert_eq!(sc.run_as_non_root, Some(true));
         assert_eq!(sc.read_only_root_filesystem, Some(true));
         assert_eq!(sc.allow_privilege_escalation, Some(false));
-        let ready = c
-            .readiness_probe
-            .as_ref()
-            .unwrap()
-            .http_get
-            .as_ref()
-            .unwrap();
+        let ready = c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
         assert_eq!(ready.path.as_deref(), Some("/readyz"));
-        let live = c
-            .liveness_probe
-            .as_ref()
-            .unwrap()
-            .http_get
-            .as_ref()
-            .unwrap();
+        let live = c.liveness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
         assert_eq!(live.path.as_deref(), Some("/healthz"));
-        assert_eq!(
-            c.args.as_ref().unwrap(),
-            &["--config", "/etc/dependency-proxy/config.toml"]
-        );
+        assert_eq!(c.args.as_ref().unwrap(), &["--config", "/etc/dependency-proxy/config.toml"]);
         assert_eq!(c.image.as_deref(), Some("example/dependency-proxy:1"));
-        assert_eq!(
-            template
-                .metadata
-                .as_ref()
-                .unwrap()
-                .annotations
-                .as_ref()
-                .unwrap()[CONFIG_HASH_ANNOTATION],
-            "abc123"
-        );
+        assert_eq!(template.metadata.as_ref().unwrap().annotations.as_ref().unwrap()[CONFIG_HASH_ANNOTATION], "abc123");
     }
 
     #[test]
@@ -321,17 +255,10 @@ mod tests {
         let (template, c) = pod(&d);
         let volumes = template.spec.as_ref().unwrap().volumes.as_ref().unwrap();
         let cache = volumes.iter().find(|v| v.name == "cache").unwrap();
-        assert_eq!(
-            cache.persistent_volume_claim.as_ref().unwrap().claim_name,
-            "acme-cache"
-        );
+        assert_eq!(cache.persistent_volume_claim.as_ref().unwrap().claim_name, "acme-cache");
         let mounts = c.volume_mounts.as_ref().unwrap();
         assert!(mounts.iter().any(|m| m.mount_path == CACHE_DIR));
-        assert!(
-            mounts
-                .iter()
-                .any(|m| m.mount_path == SPOOL_DIR && m.read_only.is_none())
-        );
+        assert!(mounts.iter().any(|m| m.mount_path == SPOOL_DIR && m.read_only.is_none()));
         let rolling = d.spec.unwrap().strategy.unwrap().rolling_update.unwrap();
         assert_eq!(rolling.max_surge, Some(IntOrString::Int(0)));
     }
@@ -347,13 +274,7 @@ mod tests {
             .unwrap()
             .iter()
             .map(|e| {
-                let r = e
-                    .value_from
-                    .as_ref()
-                    .unwrap()
-                    .secret_key_ref
-                    .as_ref()
-                    .unwrap();
+                let r = e.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
                 (e.name.as_str(), r.name.as_str(), r.key.as_str())
             })
             .collect();
@@ -366,23 +287,10 @@ mod tests {
                 ("AWS_SECRET_ACCESS_KEY", "s3-keys", "AWS_SECRET_ACCESS_KEY"),
             ]
         );
-        assert!(
-            template
-                .spec
-                .as_ref()
-                .unwrap()
-                .volumes
-                .as_ref()
-                .unwrap()
-                .iter()
-                .all(|v| v.name != "cache")
-        );
+        assert!(template.spec.as_ref().unwrap().volumes.as_ref().unwrap().iter().all(|v| v.name != "cache"));
         let spec = d.spec.unwrap();
         assert_eq!(spec.replicas, Some(3));
-        assert_eq!(
-            spec.strategy.unwrap().rolling_update.unwrap().max_surge,
-            Some(IntOrString::Int(1))
-        );
+        assert_eq!(spec.strategy.unwrap().rolling_update.unwrap().max_surge, Some(IntOrString::Int(1)));
     }
 
     #[test]
@@ -393,27 +301,9 @@ mod tests {
         let d = deployment(&dp, &INPUTS);
         let (template, c) = pod(&d);
         assert_eq!(c.image.as_deref(), Some("mine:2"));
-        let tls = template
-            .spec
-            .as_ref()
-            .unwrap()
-            .volumes
-            .as_ref()
-            .unwrap()
-            .iter()
-            .find(|v| v.name == "tls")
-            .unwrap();
-        assert_eq!(
-            tls.secret.as_ref().unwrap().secret_name.as_deref(),
-            Some("acme-tls")
-        );
-        let probe = c
-            .readiness_probe
-            .as_ref()
-            .unwrap()
-            .http_get
-            .as_ref()
-            .unwrap();
+        let tls = template.spec.as_ref().unwrap().volumes.as_ref().unwrap().iter().find(|v| v.name == "tls").unwrap();
+        assert_eq!(tls.secret.as_ref().unwrap().secret_name.as_deref(), Some("acme-tls"));
+        let probe = c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
         assert_eq!(probe.scheme.as_deref(), Some("HTTPS"));
         assert!(c.env.is_none());
     }

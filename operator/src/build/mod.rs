@@ -34,30 +34,19 @@ pub struct ChildNames {
 impl ChildNames {
     pub fn of(dp: &DependencyProxy) -> Self {
         let name = dp.name_any();
-        Self {
-            config_map: format!("{name}-config"),
-            pvc: format!("{name}-cache"),
-            workload: name,
-        }
+        Self { config_map: format!("{name}-config"), pvc: format!("{name}-cache"), workload: name }
     }
 }
 
 /// Labels selecting one resource's pods. Kept to two keys: a Deployment's selector is immutable,
 /// so nothing that may change later (such as the group) may be part of it.
 pub fn selector_labels(dp: &DependencyProxy) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (LABEL_NAME.to_owned(), APP_NAME.to_owned()),
-        (LABEL_INSTANCE.to_owned(), dp.name_any()),
-    ])
+    BTreeMap::from([(LABEL_NAME.to_owned(), APP_NAME.to_owned()), (LABEL_INSTANCE.to_owned(), dp.name_any())])
 }
 
 /// The selector as the string the scale subresource and HPAs read from the status.
 pub fn selector_string(dp: &DependencyProxy) -> String {
-    selector_labels(dp)
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
+    selector_labels(dp).iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
 /// Labels on every child.
@@ -88,13 +77,8 @@ pub fn child_meta(dp: &DependencyProxy, name: &str) -> ObjectMeta {
 /// apiserver has; the reconciler refuses a resource without one before calling any builder.
 /// `blockOwnerDeletion` makes a foreground deletion of the resource wait for its children.
 pub fn owner_reference(dp: &DependencyProxy) -> OwnerReference {
-    let owner = dp
-        .controller_owner_ref(&())
-        .expect("the reconciler checked the uid");
-    OwnerReference {
-        block_owner_deletion: Some(true),
-        ..owner
-    }
+    let owner = dp.controller_owner_ref(&()).expect("the reconciler checked the uid");
+    OwnerReference { block_owner_deletion: Some(true), ..owner }
 }
 
 #[cfg(test)]
@@ -158,10 +142,7 @@ mod tests {
     #[test]
     fn selector_is_stable_and_printable() {
         let dp = fixtures::pv_proxy();
-        assert_eq!(
-            selector_string(&dp),
-            "app.kubernetes.io/instance=acme,app.kubernetes.io/name=dependency-proxy"
-        );
+        assert_eq!(selector_string(&dp), "app.kubernetes.io/instance=acme,app.kubernetes.io/name=dependency-proxy");
         assert_eq!(labels(&dp)[LABEL_GROUP], "acme");
         assert_eq!(ChildNames::of(&dp).pvc, "acme-cache");
     }

@@ -2,9 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, VolumeResourceRequirements,
-};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PersistentVolumeClaimSpec, VolumeResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::{ChildNames, child_meta};
@@ -16,18 +14,10 @@ pub fn pvc(dp: &DependencyProxy) -> Option<PersistentVolumeClaim> {
     Some(PersistentVolumeClaim {
         metadata: child_meta(dp, &ChildNames::of(dp).pvc),
         spec: Some(PersistentVolumeClaimSpec {
-            access_modes: Some(
-                pv.access_modes
-                    .iter()
-                    .map(|m| m.as_str().to_owned())
-                    .collect(),
-            ),
+            access_modes: Some(pv.access_modes.iter().map(|m| m.as_str().to_owned()).collect()),
             storage_class_name: pv.storage_class_name.clone(),
             resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([(
-                    "storage".to_owned(),
-                    Quantity(pv.size.clone()),
-                )])),
+                requests: Some(BTreeMap::from([("storage".to_owned(), Quantity(pv.size.clone()))])),
                 ..Default::default()
             }),
             ..Default::default()
@@ -48,10 +38,7 @@ mod tests {
         let spec = claim.spec.unwrap();
         assert_eq!(spec.access_modes, Some(vec!["ReadWriteOnce".to_owned()]));
         assert_eq!(spec.storage_class_name.as_deref(), Some("fast"));
-        assert_eq!(
-            spec.resources.unwrap().requests.unwrap()["storage"],
-            Quantity("10Gi".into())
-        );
+        assert_eq!(spec.resources.unwrap().requests.unwrap()["storage"], Quantity("10Gi".into()));
     }
 
     #[test]

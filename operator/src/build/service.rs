@@ -67,17 +67,11 @@ mod tests {
             "storage": {"objectStore": {"url": "s3://b/p"}}}));
         let port = service(&dp).spec.unwrap().ports.unwrap()[0].clone();
         assert_eq!((port.port, port.node_port), (80, Some(30500)));
-        assert_eq!(
-            pull_url(&dp),
-            "acme.ci.svc:80/acme/dependency_proxy/containers"
-        );
+        assert_eq!(pull_url(&dp), "acme.ci.svc:80/acme/dependency_proxy/containers");
     }
 
     #[test]
     fn pull_url_names_service_namespace_port_and_group() {
-        assert_eq!(
-            pull_url(&pv_proxy()),
-            "acme.ci.svc:5000/acme/dependency_proxy/containers"
-        );
+        assert_eq!(pull_url(&pv_proxy()), "acme.ci.svc:5000/acme/dependency_proxy/containers");
     }
 }

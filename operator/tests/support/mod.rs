@@ -22,26 +22,21 @@ pub const RELEASE: &str = "dpo";
 pub const SERVICE_ACCOUNT: &str = "dpo-dependency-proxy-operator";
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("operator/ has a parent")
-        .to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("operator/ has a parent").to_owned()
 }
 
 /// The admin kubeconfig; these tests are only run by run-tests.sh, which sets it, so a missing
 /// one is a failure, not a skip.
 pub fn kubeconfig_path() -> PathBuf {
-    let path = std::env::var_os("KUBECONFIG").expect(
-        "KUBECONFIG must point at the test control plane (run tests/controlplane/run-tests.sh)",
-    );
+    let path = std::env::var_os("KUBECONFIG")
+        .expect("KUBECONFIG must point at the test control plane (run tests/controlplane/run-tests.sh)");
     PathBuf::from(path)
 }
 
 pub async fn admin_client() -> Client {
     let kubeconfig = Kubeconfig::read_from(kubeconfig_path()).expect("kubeconfig readable");
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .expect("kubeconfig valid");
+    let config =
+        Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("kubeconfig valid");
     Client::try_from(config).expect("client")
 }
 
@@ -64,22 +59,13 @@ pub fn try_run(program: &str, args: &[&str], stdin: Option<&str>) -> std::proces
         .args(args)
         .env("KUBECONFIG", kubeconfig_path())
         .current_dir(workspace_root())
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {program} (is it on PATH?): {e}"));
     if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("piped stdin")
-            .write_all(input.as_bytes())
-            .expect("write stdin");
+        child.stdin.take().expect("piped stdin").write_all(input.as_bytes()).expect("write stdin");
     }
     child.wait_with_output().expect("wait for command")
 }
@@ -111,11 +97,7 @@ pub async fn setup() -> &'static Path {
                     "--timeout=60s",
                     "crd/dependencyproxies.dependencyproxy.dev",
                 ]);
-                let _ = try_run(
-                    "kubectl",
-                    &["create", "namespace", OPERATOR_NAMESPACE],
-                    None,
-                );
+                let _ = try_run("kubectl", &["create", "namespace", OPERATOR_NAMESPACE], None);
                 let rendered = run(
                     "helm",
                     &[
@@ -131,21 +113,10 @@ pub async fn setup() -> &'static Path {
                     ],
                     None,
                 );
-                run(
-                    "kubectl",
-                    &["apply", "--server-side", "--force-conflicts", "-f", "-"],
-                    Some(&rendered),
-                );
+                run("kubectl", &["apply", "--server-side", "--force-conflicts", "-f", "-"], Some(&rendered));
                 let token = run(
                     "kubectl",
-                    &[
-                        "create",
-                        "token",
-                        SERVICE_ACCOUNT,
-                        "-n",
-                        OPERATOR_NAMESPACE,
-                        "--duration=4h",
-                    ],
+                    &["create", "token", SERVICE_ACCOUNT, "-n", OPERATOR_NAMESPACE, "--duration=4h"],
                     None,
                 );
                 write_token_kubeconfig(token.trim())
@@ -158,13 +129,7 @@ pub async fn setup() -> &'static Path {
 
 /// A kubeconfig for the ServiceAccount's token, with the admin kubeconfig's server and CA.
 fn write_token_kubeconfig(token: &str) -> PathBuf {
-    let server = kubectl(&[
-        "config",
-        "view",
-        "--minify",
-        "-o",
-        "jsonpath={.clusters[0].cluster.server}",
-    ]);
+    let server = kubectl(&["config", "view", "--minify", "-o", "jsonpath={.clusters[0].cluster.server}"]);
     let ca = kubectl(&[
         "config",
         "view",
@@ -196,20 +161,13 @@ impl TestNamespace {
     pub async fn new(client: &Client, prefix: &str) -> Self {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let name = format!("{prefix}-{}-{n}", std::process::id());
-        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))
-            .expect("namespace");
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &ns)
-            .await
-            .expect("create namespace");
+        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).expect("namespace");
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("create namespace");
         // Pods need the namespace's default ServiceAccount, which the controller-manager adds.
-        let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> =
-            Api::namespaced(client.clone(), &name);
-        eventually(
-            "default ServiceAccount",
-            Duration::from_secs(30),
-            || async { sa.get_opt("default").await.ok().flatten() },
-        )
+        let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), &name);
+        eventually("default ServiceAccount", Duration::from_secs(30), || async {
+            sa.get_opt("default").await.ok().flatten()
+        })
         .await;
         Self { name }
     }
@@ -248,11 +206,7 @@ impl Operator {
     pub async fn start(args: OperatorArgs<'_>) -> Self {
         let kubeconfig = setup().await;
         let metrics_port = free_port();
-        let log = std::env::temp_dir().join(format!(
-            "dp-operator-{}-{}.log",
-            args.identity,
-            std::process::id()
-        ));
+        let log = std::env::temp_dir().join(format!("dp-operator-{}-{}.log", args.identity, std::process::id()));
         let log_file = std::fs::File::create(&log).expect("operator log file");
         let child = Command::new(env!("CARGO_BIN_EXE_dependency-proxy-operator"))
             .args([
@@ -286,12 +240,7 @@ impl Operator {
             .stderr(log_file)
             .spawn()
             .expect("start the operator binary");
-        let operator = Self {
-            child: Some(child),
-            identity: args.identity.to_owned(),
-            metrics_port,
-            log,
-        };
+        let operator = Self { child: Some(child), identity: args.identity.to_owned(), metrics_port, log };
         eventually("operator /healthz", Duration::from_secs(20), || async {
             reqwest::get(format!("http://127.0.0.1:{metrics_port}/healthz"))
                 .await
@@ -314,10 +263,7 @@ impl Operator {
 
     /// Sum of `dependency_proxy_operator_reconciles_total` over its results.
     pub async fn reconciles(&self) -> u64 {
-        metric_sum(
-            &self.metrics().await,
-            "dependency_proxy_operator_reconciles_total",
-        )
+        metric_sum(&self.metrics().await, "dependency_proxy_operator_reconciles_total")
     }
 
     /// SIGKILL: a crash, no chance to release the Lease.
@@ -331,9 +277,7 @@ impl Operator {
     /// SIGTERM, then wait: the graceful path (the leader releases its Lease).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
             let deadline = Instant::now() + Duration::from_secs(15);
             while Instant::now() < deadline {
                 if child.try_wait().ok().flatten().is_some() {
@@ -358,32 +302,20 @@ impl Drop for Operator {
             let _ = child.wait();
         }
         if std::thread::panicking() {
-            eprintln!(
-                "--- operator {} log ({}) ---\n{}",
-                self.identity,
-                self.log.display(),
-                self.log_text()
-            );
+            eprintln!("--- operator {} log ({}) ---\n{}", self.identity, self.log.display(), self.log_text());
         }
     }
 }
 
 pub fn metric_sum(text: &str, name: &str) -> u64 {
     text.lines()
-        .filter(|l| {
-            l.starts_with(name)
-                && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
-        })
+        .filter(|l| l.starts_with(name) && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' ')))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 /// Polls `probe` every 250 ms until it returns `Some`, or panics after `timeout`.
@@ -397,10 +329,7 @@ where
         if let Some(value) = probe().await {
             return value;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
