@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
 use futures::stream::{BoxStream, StreamExt};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::cache::{BlobStore, Verifier};
 use crate::metrics::Metrics;
@@ -155,66 +155,61 @@ impl Fetcher {
             }
         };
         let mut verifier = Verifier::new(digest);
-        let mut body = response.response.bytes_stream();
-        loop {
-            let Some(first) = body.next().await else { break };
-            let mut batch = BytesMut::new();
-            let mut next = Some(first);
-            let mut transport_error = None;
-            // Take whatever else is already buffered, without waiting, up to one batch.
-            while let Some(item) = next.take() {
-                match item {
-                    Ok(chunk) => batch.extend_from_slice(&chunk),
-                    Err(e) => {
-                        transport_error = Some(e);
-                        break;
-                    }
-                }
-                if batch.len() >= SPOOL_BATCH {
-                    break;
-                }
-                next = body.next().now_or_never().flatten();
-            }
-            if !batch.is_empty() {
-                let batch = batch.freeze();
-                let offset = verifier.length();
-                if length.is_some_and(|len| offset + batch.len() as u64 > len) {
+        // The upstream is read by its own task, a batch or two ahead, so the network, the hash,
+        // the spool and the cache upload all make progress at the same time.
+        let (batches, mut incoming) = mpsc::channel(2);
+        let reader = AbortOnDrop(tokio::spawn(read_batches(response.response, batches)));
+        while let Some(item) = incoming.recv().await {
+            let batch = match item {
+                Ok(batch) => batch,
+                Err(error) => {
                     if let Some(w) = writer.take() {
                         w.abort().await;
                     }
-                    self.metrics.integrity_failures.inc();
+                    let at = verifier.length();
                     return fail(
-                        UpstreamError::Integrity("upstream sent more bytes than its Content-Length".into()).into(),
+                        UpstreamError::Unreachable(format!("upstream transfer broke after {at} bytes: {error}")).into(),
                     );
                 }
-                verifier.update(&batch);
-                self.metrics.upstream_bytes.inc_by(batch.len() as u64);
-                if let Err(e) = write_spool(&spool, offset, batch.clone()).await {
+            };
+            let offset = verifier.length();
+            if length.is_some_and(|len| offset + batch.len() as u64 > len) {
+                if let Some(w) = writer.take() {
+                    w.abort().await;
+                }
+                self.metrics.integrity_failures.inc();
+                return fail(
+                    UpstreamError::Integrity("upstream sent more bytes than its Content-Length".into()).into(),
+                );
+            }
+            self.metrics.upstream_bytes.inc_by(batch.len() as u64);
+            // Hash and spool on the blocking pool while the cache upload takes the same bytes.
+            let spooled = hash_and_spool(verifier, spool.clone(), offset, batch.clone());
+            let cached = async {
+                match writer.as_mut() {
+                    Some(w) => w.write(batch).await,
+                    None => Ok(()),
+                }
+            };
+            let (spooled, cached) = tokio::join!(spooled, cached);
+            verifier = match spooled {
+                Ok(verifier) => verifier,
+                Err(e) => {
                     if let Some(w) = writer.take() {
                         w.abort().await;
                     }
                     return fail(FetchError::Spool(e.to_string()));
                 }
-                if let Some(w) = writer.as_mut()
-                    && let Err(error) = w.write(batch).await
-                {
-                    tracing::error!(%digest, %error, "cache write failed; finishing uncached");
-                    if let Some(w) = writer.take() {
-                        w.abort().await;
-                    }
-                }
-                state.send_replace(FlightState::Streaming { length, written: verifier.length() });
-            }
-            if let Some(error) = transport_error {
+            };
+            if let Err(error) = cached {
+                tracing::error!(%digest, %error, "cache write failed; finishing uncached");
                 if let Some(w) = writer.take() {
                     w.abort().await;
                 }
-                let at = verifier.length();
-                return fail(
-                    UpstreamError::Unreachable(format!("upstream transfer broke after {at} bytes: {error}")).into(),
-                );
             }
+            state.send_replace(FlightState::Streaming { length, written: verifier.length() });
         }
+        drop(reader);
         let proof = match verifier.finish(length) {
             Ok(proof) => proof,
             Err(error) => {
@@ -235,10 +230,61 @@ impl Fetcher {
     }
 }
 
-async fn write_spool(spool: &Arc<std::fs::File>, offset: u64, bytes: Bytes) -> std::io::Result<()> {
+/// Hashes a batch and writes it to the spool at `offset`, off the async threads.
+async fn hash_and_spool(
+    mut verifier: Verifier,
+    spool: Arc<std::fs::File>,
+    offset: u64,
+    batch: Bytes,
+) -> std::io::Result<Verifier> {
     use std::os::unix::fs::FileExt;
-    let spool = spool.clone();
-    tokio::task::spawn_blocking(move || spool.write_all_at(&bytes, offset)).await.map_err(std::io::Error::other)?
+    tokio::task::spawn_blocking(move || {
+        spool.write_all_at(&batch, offset)?;
+        verifier.update(&batch);
+        Ok(verifier)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// Reads the upstream body into batches: whatever has arrived, up to `SPOOL_BATCH`, without
+/// waiting for more, so a slow trickle is passed on chunk by chunk. Ends after sending an error.
+async fn read_batches(response: reqwest::Response, batches: mpsc::Sender<Result<Bytes, String>>) {
+    let mut body = response.bytes_stream();
+    while let Some(first) = body.next().await {
+        let mut batch = BytesMut::new();
+        let mut next = Some(first);
+        let mut error = None;
+        while let Some(item) = next.take() {
+            match item {
+                Ok(chunk) => batch.extend_from_slice(&chunk),
+                Err(e) => {
+                    error = Some(e.to_string());
+                    break;
+                }
+            }
+            if batch.len() >= SPOOL_BATCH {
+                break;
+            }
+            next = body.next().now_or_never().flatten();
+        }
+        if !batch.is_empty() && batches.send(Ok(batch.freeze())).await.is_err() {
+            return;
+        }
+        if let Some(error) = error {
+            let _ = batches.send(Err(error)).await;
+            return;
+        }
+    }
+}
+
+/// Aborts a task when dropped: the upstream reader must not outlive a download that gave up.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// What a reader learned once the upstream answered.
