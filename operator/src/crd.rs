@@ -1,6 +1,6 @@
 //! The `DependencyProxy` custom resource (`dependencyproxy.dev/v1alpha1`) and its CRD rendering.
 //!
-//! `retention` and `auth` (issues 4 and 5) will be added as further optional blocks of the spec;
+//! `retention` and `auth` (later issues) will be added as further optional blocks of the spec;
 //! every field here is optional or defaulted so that adding them is not a breaking change.
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
