@@ -220,13 +220,21 @@ impl Fetcher {
                 return fail(UpstreamError::Integrity(error.to_string()).into());
             }
         };
-        if let Some(w) = writer
-            && let Err(error) = w.commit(&proof).await
-        {
-            tracing::error!(%digest, %error, "cannot commit verified blob to the cache; served uncached");
-        }
-        tracing::info!(%digest, %repository, bytes = proof.length(), "blob fetched and verified");
+        // Clients may finish now: their bytes are verified. The commit (for a filesystem, an
+        // fsync of the whole blob) happens after, and the flight stays in the map until it is
+        // done, so a new request finds the blob here or in the cache, never neither.
         state.send_replace(FlightState::Verified { length: proof.length() });
+        match writer.map(|w| w.commit(&proof)) {
+            Some(commit) => match commit.await {
+                Ok(()) => tracing::info!(%digest, %repository, bytes = proof.length(), "blob fetched and verified"),
+                Err(error) => {
+                    tracing::error!(%digest, %error, "cannot commit verified blob to the cache; served uncached")
+                }
+            },
+            None => {
+                tracing::info!(%digest, %repository, bytes = proof.length(), "blob fetched and verified (uncached)")
+            }
+        }
     }
 }
 
@@ -490,6 +498,8 @@ mod tests {
         let other: Vec<Bytes> = second.stream(0, None).map(|c| c.unwrap()).collect().await;
         assert_eq!(other.concat(), content);
         assert_eq!(h.upstream.requests.load(Ordering::SeqCst), 1);
+        // The commit follows the verification; the flight is forgotten once it is done.
+        tokio::time::timeout(Duration::from_secs(5), h.fetcher.idle()).await.unwrap();
         assert_eq!(h.blobs.size(&digest).await.unwrap(), Some(content.len() as u64));
     }
 

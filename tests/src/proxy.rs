@@ -257,6 +257,14 @@ impl Proxy {
     }
 
     /// Sum of every series of `name` whose labels include all of `labels`.
+    /// Waits until no download is in flight: a download's cache commit follows the moment its
+    /// clients are served, so what is cached is only certain once the proxy is idle.
+    pub fn wait_idle(&self) {
+        crate::wait_for("in-flight fetches to drain", std::time::Duration::from_secs(10), || {
+            (self.metric("dependency_proxy_inflight_fetches", &[]) == 0.0).then_some(())
+        });
+    }
+
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         metric_sum(&self.metrics(), name, labels)
     }

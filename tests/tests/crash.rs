@@ -101,6 +101,7 @@ fn kill_mid_stream(fraction: f64, label: &str) {
     assert_eq!((r.status, r.digest.as_str()), (200, layer.digest.as_str()));
     assert_eq!(env.shim.blob_gets(&layer.digest), 2, "the refetched blob is cached");
 
+    env.proxy.wait_idle();
     let check = env.proxy.check_cache();
     assert!(check.blobs.contains(&layer.digest), "cached blobs: {:?}", check.blobs);
     // A killed upload may leave its staging file (`<key>#<n>`); the proxy is expected to clean
