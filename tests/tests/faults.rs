@@ -403,6 +403,7 @@ fn sigterm_during_a_download_commits_nothing_partial() {
     // fetched again now (2) — never served from a half-written entry.
     let gets = env.shim.blob_gets(&layer.digest);
     assert!(gets == 1 || gets == 2, "upstream GETs {gets}");
+    env.proxy.wait_idle();
     for (path, digest) in env.proxy.cache_files() {
         let size = std::fs::metadata(&path).unwrap().len();
         if size > 1 << 20 {

@@ -54,6 +54,7 @@ fn read_only_cache_serves_what_it_has_and_passes_the_rest_through() {
     for b in Artifact::from(warm.clone()).blobs() {
         assert_eq!(http.get(&env.proxy.blob_url("test/warm", &b.digest)).digest, b.digest);
     }
+    settled(&env.proxy);
     let before = env.proxy.check_cache();
 
     let ro = Mount::read_only(&env.proxy.cache_dir()).expect("read-only bind mount of the cache (needs root)");
