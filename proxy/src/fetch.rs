@@ -16,7 +16,7 @@ use futures::FutureExt;
 use futures::stream::{BoxStream, StreamExt};
 use tokio::sync::{mpsc, watch};
 
-use crate::cache::{BlobStore, Verifier};
+use crate::cache::{BlobStore, BlobWriter, Verifier};
 use crate::metrics::Metrics;
 use crate::reference::{Digest, RepositoryName};
 use crate::upstream::{UpstreamClient, UpstreamError};
@@ -163,9 +163,7 @@ impl Fetcher {
             let batch = match item {
                 Ok(batch) => batch,
                 Err(error) => {
-                    if let Some(w) = writer.take() {
-                        w.abort().await;
-                    }
+                    abort_upload(&mut writer).await;
                     let at = verifier.length();
                     return fail(
                         UpstreamError::Unreachable(format!("upstream transfer broke after {at} bytes: {error}")).into(),
@@ -174,9 +172,7 @@ impl Fetcher {
             };
             let offset = verifier.length();
             if length.is_some_and(|len| offset + batch.len() as u64 > len) {
-                if let Some(w) = writer.take() {
-                    w.abort().await;
-                }
+                abort_upload(&mut writer).await;
                 self.metrics.integrity_failures.inc();
                 return fail(
                     UpstreamError::Integrity("upstream sent more bytes than its Content-Length".into()).into(),
@@ -195,17 +191,13 @@ impl Fetcher {
             verifier = match spooled {
                 Ok(verifier) => verifier,
                 Err(e) => {
-                    if let Some(w) = writer.take() {
-                        w.abort().await;
-                    }
+                    abort_upload(&mut writer).await;
                     return fail(FetchError::Spool(e.to_string()));
                 }
             };
             if let Err(error) = cached {
                 tracing::error!(%digest, %error, "cache write failed; finishing uncached");
-                if let Some(w) = writer.take() {
-                    w.abort().await;
-                }
+                abort_upload(&mut writer).await;
             }
             state.send_replace(FlightState::Streaming { length, written: verifier.length() });
         }
@@ -213,9 +205,7 @@ impl Fetcher {
         let proof = match verifier.finish(length) {
             Ok(proof) => proof,
             Err(error) => {
-                if let Some(w) = writer.take() {
-                    w.abort().await;
-                }
+                abort_upload(&mut writer).await;
                 self.metrics.integrity_failures.inc();
                 return fail(UpstreamError::Integrity(error.to_string()).into());
             }
@@ -235,6 +225,13 @@ impl Fetcher {
                 tracing::info!(%digest, %repository, bytes = proof.length(), "blob fetched and verified (uncached)")
             }
         }
+    }
+}
+
+/// Throws away a download's cache upload, if it still has one.
+async fn abort_upload(writer: &mut Option<BlobWriter>) {
+    if let Some(w) = writer.take() {
+        w.abort().await;
     }
 }
 

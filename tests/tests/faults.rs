@@ -473,7 +473,7 @@ fn client_abort_mid_download_leaves_a_clean_cache() {
     let r = Http::new().get(&url);
     assert_eq!((r.status, r.digest.as_str(), r.len), (200, layer.digest.as_str(), layer.size), "{:?}", r.error);
     assert!(env.shim.blob_gets(&layer.digest) <= 2);
-    wait_for("in-flight fetches to drain", Duration::from_secs(10), || (inflight(&env) == 0.0).then_some(()));
+    env.proxy.wait_idle();
     for (path, digest) in env.proxy.cache_files() {
         if std::fs::metadata(&path).unwrap().len() > 1 << 20 {
             assert_eq!(digest, layer.digest, "{} is a large cache file that is not the blob", path.display());

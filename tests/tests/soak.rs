@@ -191,9 +191,7 @@ fn soak_with_random_faults_delivers_no_wrong_bytes_and_caches_nothing_corrupt() 
         assert_eq!(std::fs::read(dest.join("manifest.json")).unwrap(), artifact.bytes(), "skopeo pull of {name}");
     }
 
-    wait_for("in-flight fetches to drain", Duration::from_secs(10), || {
-        (env.proxy.metric("dependency_proxy_inflight_fetches", &[]) == 0.0).then_some(())
-    });
+    env.proxy.wait_idle();
     // The cache holds exactly every blob and manifest of the set, each verified, and no file with
     // bytes a fault produced.
     let check = env.proxy.check_cache();

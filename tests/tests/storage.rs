@@ -20,14 +20,6 @@ fn served_or_clean_error(r: &Resp, blob: &Blob, what: &str) -> bool {
     }
 }
 
-/// Waits until the proxy has no download in flight. A download's cache commit follows the
-/// moment its clients are served, and a request arriving before the commit is done joins the
-/// finished download instead of asking the upstream: "fetched each time" holds between settled
-/// requests.
-fn settled(proxy: &Proxy) {
-    proxy.wait_idle();
-}
-
 fn healthy(proxy: &Proxy) {
     let r = Http::new().get(&format!("{}/healthz", proxy.url()));
     assert_eq!(r.status, 200, "/healthz after the storage errors");
@@ -54,7 +46,7 @@ fn read_only_cache_serves_what_it_has_and_passes_the_rest_through() {
     for b in Artifact::from(warm.clone()).blobs() {
         assert_eq!(http.get(&env.proxy.blob_url("test/warm", &b.digest)).digest, b.digest);
     }
-    settled(&env.proxy);
+    env.proxy.wait_idle();
     let before = env.proxy.check_cache();
 
     let ro = Mount::read_only(&env.proxy.cache_dir()).expect("read-only bind mount of the cache (needs root)");
@@ -81,9 +73,9 @@ fn read_only_cache_serves_what_it_has_and_passes_the_rest_through() {
     let big = &cold.layers[1];
     let url = env.proxy.blob_url("test/cold", &big.digest);
     let first = served_or_clean_error(&http.get(&url), big, "first cold GET");
-    settled(&env.proxy);
+    env.proxy.wait_idle();
     let second = served_or_clean_error(&http.get(&url), big, "second cold GET");
-    settled(&env.proxy);
+    env.proxy.wait_idle();
     assert!(first && second, "the proxy is designed to pass through uncached when it cannot write");
     assert_eq!(env.shim.blob_gets(&big.digest), 2, "a blob that could not be cached is fetched each time");
     healthy(&env.proxy);
@@ -96,7 +88,7 @@ fn read_only_cache_serves_what_it_has_and_passes_the_rest_through() {
 
     // Writable again: the next pull caches it.
     assert_eq!(http.get(&url).digest, big.digest);
-    settled(&env.proxy);
+    env.proxy.wait_idle();
     assert_eq!(http.get(&url).digest, big.digest);
     assert_eq!(env.shim.blob_gets(&big.digest), 3, "cached once the storage is writable");
 }
@@ -120,12 +112,12 @@ fn full_cache_filesystem_passes_a_big_blob_through_uncached() {
     for attempt in ["first", "second"] {
         let r = http.fetch(reqwest::Method::GET, &url, &[], false);
         assert!(served_or_clean_error(&r, &big, attempt), "the proxy is designed to pass through uncached");
-        settled(&env.proxy);
+        env.proxy.wait_idle();
     }
     assert_eq!(env.shim.blob_gets(&big.digest), 2, "a blob that does not fit is fetched each time");
     assert_eq!(env.shim.blob_gets(&small.digest), 1, "small blobs still fit and are cached");
     healthy(&env.proxy);
-    settled(&env.proxy);
+    env.proxy.wait_idle();
 
     let check = env.proxy.check_cache();
     assert_eq!(check.problems, Vec::<String>::new(), "the failed staging upload was not cleaned up");
@@ -157,7 +149,7 @@ fn full_spool_gives_a_clean_error_and_the_proxy_stays_up() {
     healthy(&env.proxy);
     let r = http.get(&env.proxy.blob_url("test/spool", &small.digest));
     assert_eq!((r.status, r.digest.as_str()), (200, small.digest.as_str()), "a blob that fits the spool");
-    settled(&env.proxy);
+    env.proxy.wait_idle();
     let check = env.proxy.check_cache();
     assert_eq!(check.problems, Vec::<String>::new());
     assert_eq!(check.blobs, vec![small.digest.clone()], "only the blob that fit is cached");
@@ -165,6 +157,6 @@ fn full_spool_gives_a_clean_error_and_the_proxy_stays_up() {
     drop(spool);
     let r = http.fetch(reqwest::Method::GET, &env.proxy.blob_url("test/spool", &big.digest), &[], false);
     assert_eq!((r.status, r.digest.as_str(), r.len), (200, big.digest.as_str(), big.size), "{:?}", r.error);
-    settled(&env.proxy);
+    env.proxy.wait_idle();
     assert!(env.proxy.blob_path(&big.digest).exists(), "cached once the spool has room");
 }
